@@ -1,0 +1,230 @@
+"""The ``edgecomp`` command.
+
+    edgecomp run                                 # the whole pipeline on Fashion-MNIST
+    edgecomp compress MODEL.keras --data fashion_mnist --compress-rate 0.8 -o model.ecz
+    edgecomp evaluate model.ecz --data fashion_mnist
+    edgecomp export model.ecz --format tflite,onnx --variants fp32,int8 --data fashion_mnist -o out/
+    edgecomp bench out/ --data fashion_mnist
+
+Expected mistakes print one line (``edgecomp: error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Quiet TensorFlow's C++ start-up chatter before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"compress rate must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"compress rate must be in [0, 1), got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _size(text: str):
+    return None if text in ("all", "0") else _positive(text)
+
+
+def _add_data(p, default="fashion_mnist"):
+    p.add_argument("--data", default=default, help="dataset name (fashion_mnist, cifar10/c10, cifar100/c100, ...)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset files (else $EDGECOMP_DATA, "
+                   "then the system location, then a download)")
+    p.add_argument("--test-size", type=_size, default=None, help="test samples to use (default: all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecomp", description="Deep Compression for Keras 3 CNNs, "
+                                     "with TFLite/ONNX export and runtime benchmarks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train, compress, store, decode, export and benchmark in one go")
+    p.add_argument("--model", default="vgg", help="registered model name (default: vgg)")
+    _add_data(p)
+    p.add_argument("--compress-rate", "--rate", dest="rate", type=_rate, default=0.8,
+                   help="fraction of each filter's weights to prune, in [0, 1) (default: 0.8)")
+    p.add_argument("--epochs", type=_positive, default=2, help="baseline training epochs (default: 2)")
+    p.add_argument("--fine-tune-epochs", type=_positive, default=1, help="masked fine-tuning epochs (default: 1)")
+    p.add_argument("--train-size", type=_size, default=30000, help="training samples to use (default: 30000; 'all')")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--latency-runs", type=_positive, default=200, help="timed runs per artifact (default: 200)")
+    p.add_argument("--threads", type=_positive, default=1, help="runtime threads for latency (default: 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", default="runs/latest", help="output folder (default: runs/latest)")
+
+    p = sub.add_parser("compress", help="prune, fine-tune and store a .keras model as a .ecz container")
+    p.add_argument("model", help="a .keras file")
+    _add_data(p)
+    p.add_argument("--compress-rate", "--rate", dest="rate", type=_rate, default=0.8)
+    p.add_argument("--fine-tune-epochs", type=_positive, default=1)
+    p.add_argument("--train-size", type=_size, default=None)
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--prune-first", action="store_true", help="prune the first conv/dense layer too")
+    p.add_argument("--trust-model", action="store_true", help="allow a model that runs code on load (Lambda)")
+    p.add_argument("-o", "--out", required=True, help="container to write (.ecz)")
+
+    p = sub.add_parser("evaluate", help="decode a .ecz container (or load a .keras file) and report test accuracy")
+    p.add_argument("model", help="a .ecz or .keras file")
+    _add_data(p)
+
+    p = sub.add_parser("export", help="export a .keras or .ecz model to TFLite/ONNX, each checked for parity")
+    p.add_argument("model", help="a .ecz or .keras file")
+    _add_data(p)
+    p.add_argument("--format", default="tflite,onnx", help="comma-separated formats (default: tflite,onnx)")
+    p.add_argument("--variants", default="fp32,int8", help="comma-separated variants (default: fp32,int8)")
+    p.add_argument("--parity-size", type=_positive, default=256, help="test samples for the parity check")
+    p.add_argument("--trust-model", action="store_true")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+
+    p = sub.add_parser("bench", help="latency, size and accuracy of model files, each in a fresh process")
+    p.add_argument("paths", nargs="+", help="files or folders of .keras, .tflite, .onnx")
+    _add_data(p)
+    p.add_argument("--threads", default="1", help="comma-separated thread counts (default: 1)")
+    p.add_argument("--batch", type=_positive, default=1)
+    p.add_argument("--runs", type=_positive, default=200)
+    p.add_argument("-o", "--out", default="runs/bench", help="output folder for bench.json/csv/md and plots")
+    return parser
+
+
+def _load_any_model(path: str, trust: bool = False):
+    from edgecomp import store
+    from edgecomp.errors import EdgecompError
+    from edgecomp.models import load_keras_model
+
+    if path.endswith(".ecz"):
+        return store.load_compressed(path)
+    if path.endswith(".keras"):
+        return load_keras_model(path, trust=trust)
+    raise EdgecompError(f"cannot tell what {path} is", fix="pass a .keras model or a .ecz container")
+
+
+def _data(args):
+    from edgecomp.data import load_dataset
+    return load_dataset(args.data, data_dir=args.data_dir).take(getattr(args, "train_size", None), args.test_size)
+
+
+def cmd_run(args):
+    from edgecomp.run import RunConfig, run_job
+    run_job(RunConfig(model=args.model, data=args.data, data_dir=args.data_dir, rate=args.rate,
+                      epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, train_size=args.train_size,
+                      test_size=args.test_size, batch_size=args.batch_size, latency_runs=args.latency_runs,
+                      threads=args.threads, out=args.out, seed=args.seed))
+
+
+def cmd_compress(args):
+    from edgecomp import io, train
+    from edgecomp.models import load_keras_model
+    from edgecomp.pipeline import compress
+
+    io.ensure_dir(os.path.dirname(os.path.abspath(args.out)))
+    model = load_keras_model(args.model, trust=args.trust_model)
+    ds = _data(args)
+    result = compress(model, ds, rate=args.rate, fine_tune_epochs=args.fine_tune_epochs,
+                      batch_size=args.batch_size, skip_first=not args.prune_first)
+    result.save(args.out)
+    acc = train.evaluate(result.decode(), ds.x_test, ds.y_test)
+    from edgecomp.report import text_table
+    rows = [[r["name"], str(r["shape"]), f"{r['params']:,}", f"{r['nonzeros']:,}", f"{r['sparsity']:.1%}",
+             r["method"], f"{r['bytes']:,}", f"{r['bytes'] / result.bytes:.1%}"] for r in result.report]
+    print(text_table(["tensor", "shape", "params", "nonzeros", "sparsity", "method", "bytes", "share"], rows))
+    print(f"\nwrote {args.out}: {result.bytes:,} bytes ({4 * result.params / result.bytes:.1f}x smaller than fp32); "
+          f"decoded test accuracy {acc:.2%}")
+
+
+def cmd_evaluate(args):
+    from edgecomp import train
+    model = _load_any_model(args.model)
+    ds = _data(args)
+    print(f"{args.model}: test accuracy {train.evaluate(model, ds.x_test, ds.y_test):.2%} "
+          f"on {len(ds.x_test)} samples of {ds.name}")
+
+
+def cmd_export(args):
+    import exporters
+    from edgecomp import io
+    from edgecomp.report import text_table
+
+    out = io.ensure_dir(args.out)
+    model = _load_any_model(args.model, trust=args.trust_model)
+    ds = _data(args)
+    stem = os.path.splitext(os.path.basename(args.model))[0]
+    arts = []
+    for fmt in [f.strip() for f in args.format.split(",") if f.strip()]:
+        for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+            arts.append(exporters.export_and_check(
+                model, fmt, variant, out / f"{stem}_{variant}.{fmt}", calibration=ds.x_train[:200],
+                check_x=ds.x_test[:args.parity_size], check_y=ds.y_test[:args.parity_size]))
+    io.write_json(out / "export.json", {"model": args.model, "artifacts": [a.to_dict() for a in arts]})
+    rows = [[a.path.name, a.format, a.variant, f"{a.bytes:,}", f"{a.gzip_bytes:,}",
+             f"{a.parity['top1_agreement']:.2%}", f"{a.parity['max_abs_diff']:.1e}"] for a in arts]
+    print(text_table(["artifact", "format", "variant", "bytes", "gzip bytes", "top-1 agree", "max abs diff"], rows))
+    print(f"\nwrote {out}/export.json")
+
+
+def cmd_bench(args):
+    import runtime_bench
+    from pathlib import Path
+    from edgecomp import io
+    from edgecomp.errors import EdgecompError
+
+    files = []
+    for p in args.paths:
+        path = Path(p)
+        if path.is_dir():
+            files += sorted(f for f in path.iterdir() if f.suffix in (".tflite", ".onnx", ".keras"))
+        else:
+            files.append(path)
+    if not files:
+        raise EdgecompError("no .keras, .tflite or .onnx files found in the given paths", fix="check the paths")
+    try:
+        threads = tuple(int(t) for t in args.threads.split(","))
+    except ValueError:
+        raise EdgecompError(f"--threads must be comma-separated numbers, got {args.threads!r}",
+                            fix="e.g. --threads 1,2") from None
+    out = io.ensure_dir(args.out)
+    ds = _data(args)
+    records = runtime_bench.bench_files(files, ds.x_test, ds.y_test, batch=args.batch, threads=threads,
+                                        runs=args.runs)
+    runtime_bench.write_report(records, out)
+
+
+COMMANDS = {"run": cmd_run, "compress": cmd_compress, "evaluate": cmd_evaluate, "export": cmd_export,
+            "bench": cmd_bench}
+
+
+def main(argv=None) -> int:
+    from edgecomp.errors import EdgecompError
+
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except EdgecompError as exc:
+        print(f"edgecomp: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgecomp: interrupted; outputs written so far are complete, nothing is half-written",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

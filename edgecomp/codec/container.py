@@ -1,0 +1,182 @@
+"""The ``.ecz`` container: a header, then length- and CRC-checked sections.
+
+Pure numpy and the standard library, so a device can decode without TensorFlow.
+Every length is checked against the bytes that really remain before anything is
+allocated, and every failure raises :class:`~edgecomp.errors.ContainerError`
+naming the section, the byte offset and what was expected.
+
+Layout (all integers little-endian; ``docs/FORMAT.md`` has the byte map)::
+
+    header   8s magic b"\\x89ECZ\\r\\n\\x1a\\n", u16 major, u16 minor, u32 n_sections, u32 crc32(first 16 bytes)
+    section  u8 kind, u32 length, u32 crc32(payload), payload[length]     (n_sections times)
+    kind 1   META: UTF-8 JSON object
+    kind 2   TENSOR: u16 name_len, name, u8 method, u8 dtype, u8 ndim, u32 dims[ndim],
+                     u8 n_params, f32 params[n_params], u8 n_streams, (u32 len, bytes)[n_streams]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import zlib
+
+import numpy as np
+
+from edgecomp.errors import ContainerError
+
+MAGIC = b"\x89ECZ\r\n\x1a\n"
+VERSION = (1, 0)
+KIND_META, KIND_TENSOR = 1, 2
+DTYPES = {1: "float32"}
+DTYPE_CODES = {v: k for k, v in DTYPES.items()}
+#: Ceiling on the elements of one decoded tensor (a configurable guard against hostile headers).
+MAX_ELEMENTS = 1 << 28
+
+_HEADER = struct.Struct("<8sHHI")
+_SECTION = struct.Struct("<BII")
+
+
+@dataclasses.dataclass
+class TensorRecord:
+    """One stored tensor: its name, shape, coding method, float params and byte streams."""
+
+    name: str
+    shape: tuple[int, ...]
+    method: int
+    params: tuple[float, ...] = ()
+    streams: tuple[bytes, ...] = ()
+    dtype: str = "float32"
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def stream_bytes(self) -> int:
+        return sum(len(s) for s in self.streams)
+
+
+def _section(kind: int, payload: bytes) -> bytes:
+    return _SECTION.pack(kind, len(payload), zlib.crc32(payload)) + payload
+
+
+def _tensor_payload(rec: TensorRecord) -> bytes:
+    name = rec.name.encode("utf-8")
+    parts = [struct.pack("<H", len(name)), name,
+             struct.pack("<BBB", rec.method, DTYPE_CODES[rec.dtype], len(rec.shape)),
+             struct.pack(f"<{len(rec.shape)}I", *rec.shape),
+             struct.pack(f"<B{len(rec.params)}f", len(rec.params), *rec.params),
+             struct.pack("<B", len(rec.streams))]
+    for s in rec.streams:
+        parts += [struct.pack("<I", len(s)), bytes(s)]
+    return b"".join(parts)
+
+
+def write_container(meta: dict, records: list[TensorRecord]) -> bytes:
+    """Serialise ``meta`` (a JSON-able dict) and the tensor records to container bytes."""
+    sections = [_section(KIND_META, json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())]
+    sections += [_section(KIND_TENSOR, _tensor_payload(r)) for r in records]
+    head = _HEADER.pack(MAGIC, *VERSION, len(sections))
+    return head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
+
+
+class _Reader:
+    """Bounds-checked cursor over a bytes object."""
+
+    def __init__(self, data: bytes, base: int, section: str):
+        self.data, self.pos, self.base, self.section = data, 0, base, section
+
+    def fail(self, what: str):
+        raise ContainerError(f"corrupt container: {self.section} at byte {self.base + self.pos}: {what}",
+                             fix="the file is damaged or not an edgecomp .ecz; re-create it")
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            self.fail(f"expected {n} more bytes, {len(self.data) - self.pos} remain")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str):
+        s = struct.Struct("<" + fmt)
+        return s.unpack(self.take(s.size))
+
+
+def _read_tensor(payload: bytes, base: int, index: int, max_elements: int) -> TensorRecord:
+    r = _Reader(payload, base, f"tensor section {index}")
+    (name_len,) = r.unpack("H")
+    try:
+        name = r.take(name_len).decode("utf-8")
+    except UnicodeDecodeError:
+        r.fail("tensor name is not UTF-8")
+    method, dtype_code, ndim = r.unpack("BBB")
+    if dtype_code not in DTYPES:
+        r.fail(f"unknown dtype code {dtype_code}")
+    if ndim > 8:
+        r.fail(f"expected at most 8 dimensions, found {ndim}")
+    shape = r.unpack(f"{ndim}I")
+    size = 1
+    for d in shape:
+        size *= d
+    if size > max_elements:
+        r.fail(f"tensor {name!r} declares {size} elements, over the limit of {max_elements}")
+    (n_params,) = r.unpack("B")
+    params = r.unpack(f"{n_params}f")
+    (n_streams,) = r.unpack("B")
+    streams = []
+    for _ in range(n_streams):
+        (length,) = r.unpack("I")
+        streams.append(r.take(length))
+    if r.pos != len(payload):
+        r.fail(f"{len(payload) - r.pos} unexpected trailing bytes")
+    return TensorRecord(name, tuple(shape), method, tuple(params), tuple(streams), DTYPES[dtype_code])
+
+
+def read_container(data: bytes, max_elements: int = MAX_ELEMENTS) -> tuple[dict, list[TensorRecord]]:
+    """Parse and validate container bytes into ``(meta, records)``; raises ContainerError only."""
+    data = bytes(data)
+    r = _Reader(data, 0, "header")
+    if len(data) < _HEADER.size + 4 or data[:8] != MAGIC:
+        raise ContainerError("not an edgecomp container (bad magic bytes)",
+                             fix="pass a .ecz file written by edgecomp")
+    magic, major, minor, n_sections = r.unpack("8sHHI")
+    (crc,) = r.unpack("I")
+    if crc != zlib.crc32(data[:_HEADER.size]):
+        r.fail("header checksum mismatch")
+    if major != VERSION[0]:
+        raise ContainerError(f"container version {major}.{minor} is not supported (this edgecomp reads {VERSION[0]}.x)",
+                             fix="decode it with the edgecomp version that wrote it")
+    # Each section needs at least its 9-byte header: bound the count before looping.
+    if n_sections > (len(data) - r.pos) // _SECTION.size:
+        r.fail(f"header declares {n_sections} sections, more than the file can hold")
+    meta, records = None, []
+    for i in range(n_sections):
+        r.section = f"section {i}"
+        kind, length, crc = r.unpack("BII")
+        start = r.pos
+        payload = r.take(length)
+        if zlib.crc32(payload) != crc:
+            r.pos = start
+            r.fail("checksum mismatch")
+        if kind == KIND_META:
+            if meta is not None:
+                r.fail("a second META section")
+            try:
+                meta = json.loads(payload.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                r.pos = start
+                r.fail("META is not valid UTF-8 JSON")
+            if not isinstance(meta, dict):
+                r.fail("META is not a JSON object")
+        elif kind == KIND_TENSOR:
+            records.append(_read_tensor(payload, start, i, max_elements))
+        else:
+            r.pos = start
+            r.fail(f"unknown section kind {kind}")
+    if r.pos != len(data):
+        r.section = "end of file"
+        r.fail(f"{len(data) - r.pos} unexpected trailing bytes")
+    if meta is None:
+        raise ContainerError("corrupt container: no META section", fix="re-create the file")
+    return meta, records

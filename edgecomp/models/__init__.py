@@ -1,0 +1,9 @@
+"""Model registry: ``build_model(name, input_shape, num_classes, **options)``.
+
+Importing this package registers every built-in architecture.
+"""
+
+from edgecomp.models.base import build_model, load_keras_model, model_names, register_model
+from edgecomp.models import vgg  # noqa: E402,F401  (registers "vgg")
+
+__all__ = ["build_model", "load_keras_model", "model_names", "register_model"]

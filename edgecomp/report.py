@@ -1,0 +1,115 @@
+"""The main job's report: one printed table, ``report.json``, ``report.md`` and a
+size-vs-accuracy PNG, all written atomically."""
+
+from __future__ import annotations
+
+import io as _io
+from pathlib import Path
+
+from edgecomp import io
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v, fmt="{:,}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def model_rows(report: dict) -> list[list[str]]:
+    return [[m["name"], _num(m["params"]), _num(m["nonzeros"]), _pct(m["accuracy"]),
+             _num(m["storage_bytes"]), f"{m['ratio']:.1f}x"] for m in report["models"]]
+
+
+def artifact_rows(report: dict) -> list[list[str]]:
+    bench = {str(Path(r["file"]).resolve()): r for r in report["bench"]}
+    rows = []
+    for a in report["artifacts"]:
+        r = bench.get(str(Path(a["path"]).resolve()), {})
+        parity = a.get("parity") or {}
+        rows.append([Path(a["path"]).name, a["format"], a["variant"], _num(a["bytes"]), _num(a["gzip_bytes"]),
+                     _pct(r.get("accuracy")), _pct(parity.get("top1_agreement")),
+                     _num(parity.get("max_abs_diff"), "{:.1e}"),
+                     _num(r.get("median_ms"), "{:.3f}"), _num(r.get("p90_ms"), "{:.3f}"),
+                     r.get("error") or ""])
+    return rows
+
+
+MODEL_HEAD = ["model", "params", "nonzeros", "accuracy", "storage bytes", "ratio"]
+ARTIFACT_HEAD = ["artifact", "format", "variant", "bytes", "gzip bytes", "accuracy", "top-1 agree",
+                 "max abs diff", "median ms", "p90 ms", "error"]
+
+
+def text_table(head, rows) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def markdown_table(head, rows) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def summary_text(report: dict) -> str:
+    threads = report["config"].get("threads", 1)
+    return (text_table(MODEL_HEAD, model_rows(report)) + "\n\n"
+            + text_table(ARTIFACT_HEAD, artifact_rows(report))
+            + f"\n\nlatency: batch 1, {threads} thread(s); accuracy on {report['data']['test']} test images"
+              f" of {report['data']['name']} ({report['data']['source']})")
+
+
+def markdown(report: dict) -> str:
+    sc = report["storage_check"]
+    return "\n".join([
+        f"# edgecomp run: {report['config']['model']} on {report['data']['name']}", "",
+        f"Data: {report['data']['train']} train / {report['data']['test']} test samples from "
+        f"`{report['data']['source']}`. Latency: batch 1, {report['config'].get('threads', 1)} thread(s), "
+        "median and p90 after warm-up, each artifact in a fresh process.", "",
+        markdown_table(MODEL_HEAD, model_rows(report)), "",
+        markdown_table(ARTIFACT_HEAD, artifact_rows(report)), "",
+        f"Container {sc['container_bytes']:,} B against {sc['seed_format_bytes']:,} B for the seed's format "
+        f"({100 * sc['relative_difference']:+.2f}%). Decoded weights: worst error "
+        f"{sc['max_error_in_steps']:.3f} int8 steps; pruned weights exactly zero: {sc['pruned_exact_zero']}.",
+        "",
+    ])
+
+
+def plot_size_accuracy(report: dict) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in report["models"]:
+        ax.scatter(m["storage_bytes"] / 1024, 100 * m["accuracy"], marker="s", s=60)
+        ax.annotate(m["name"], (m["storage_bytes"] / 1024, 100 * m["accuracy"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    bench = {str(Path(r["file"]).resolve()): r for r in report["bench"]}
+    for a in report["artifacts"]:
+        r = bench.get(str(Path(a["path"]).resolve()), {})
+        if r.get("accuracy") is not None:
+            ax.scatter(a["bytes"] / 1024, 100 * r["accuracy"], marker="o", s=40)
+            ax.annotate(Path(a["path"]).name, (a["bytes"] / 1024, 100 * r["accuracy"]), fontsize=8,
+                        xytext=(4, -10), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("size (KiB, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{report['config']['model']} on {report['data']['name']}: size vs accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    buf = _io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_run_report(report: dict, out: Path):
+    """Print the table and write report.json, report.md and size_vs_accuracy.png into ``out``."""
+    out = Path(out)
+    io.write_json(out / "report.json", report)
+    io.write_text(out / "report.md", markdown(report))
+    io.write_bytes(out / "size_vs_accuracy.png", plot_size_accuracy(report))
+    print("\n" + summary_text(report) + f"\n\nwrote {out}/report.json, report.md, size_vs_accuracy.png", flush=True)

@@ -1,0 +1,38 @@
+"""Training and evaluation helpers shared by the pipeline, the scripts and the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def compile_model(model, learning_rate: float = 1e-3):
+    """Compile for integer-label classification with Adam (keywords: Keras 3's third
+    positional argument of ``compile`` is ``loss_weights``)."""
+    import keras
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def fit(model, x, y, *, epochs: int = 1, batch_size: int = 64, seed: int = 0, verbose: int = 1,
+        learning_rate: float = 1e-3):
+    """Fit ``model`` on ``(x, y)`` with a fixed shuffling seed; returns the history dict."""
+    import keras
+    keras.utils.set_random_seed(seed)
+    compile_model(model, learning_rate)
+    if epochs <= 0:
+        return {}
+    return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose, shuffle=True).history
+
+
+def predict(model, x, batch_size: int = 256) -> np.ndarray:
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of class scores ``probs`` against integer labels ``y``."""
+    return float(np.mean(np.argmax(probs, axis=-1) == np.asarray(y).reshape(-1)))
+
+
+def evaluate(model, x, y, batch_size: int = 256) -> float:
+    return accuracy(predict(model, x, batch_size), y)

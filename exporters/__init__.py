@@ -1,0 +1,17 @@
+"""Keras model -> .tflite / .onnx files, each checked against the Keras model.
+
+    >>> from exporters import export_and_check
+    >>> art = export_and_check(model, "tflite", "int8", "out/m_int8.tflite",
+    ...                        calibration=x_train[:200], check_x=x_test[:500], check_y=y_test[:500])
+    >>> art.parity["top1_agreement"]
+    0.998
+
+Formats and their variants are in :data:`VARIANTS`.
+"""
+
+from .base import VARIANTS, Artifact, export
+from . import onnx as _onnx  # noqa: F401  (registers the "onnx" exporter)
+from . import tflite as _tflite  # noqa: F401  (registers the "tflite" exporter)
+from .parity import ParityError, check_parity, export_and_check
+
+__all__ = ["Artifact", "export", "export_and_check", "check_parity", "ParityError", "VARIANTS"]

@@ -1,0 +1,136 @@
+"""The exporter interface: one :class:`Exporter` per file format, one :func:`export` call.
+
+An exporter turns a Keras model into the bytes of one file format (``tflite``,
+``onnx``) in one variant (``fp32``, ``int8``, ...) and says what the bytes hold
+(the op names) and what running them needs (runtime, I/O dtypes, opset).
+:func:`export` writes the file atomically and returns an :class:`Artifact`.
+
+    >>> from exporters import export
+    >>> art = export(model, "tflite", "int8", "out/model_int8.tflite", calibration=x_train[:200])
+    >>> art.bytes, art.gzip_bytes, art.ops[:3]
+    (10344, 7101, ['CONV_2D', 'FULLY_CONNECTED', 'MAX_POOL_2D'])
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgecomp import io
+from edgecomp.errors import EdgecompError
+
+#: Variants each registered format supports, e.g. ``{"tflite": ("fp32", "int8", ...)}``.
+VARIANTS: dict[str, tuple[str, ...]] = {}
+
+
+@dataclass
+class Artifact:
+    """One exported model file and what is known about it.
+
+    ``bytes`` is the file size, ``gzip_bytes`` the size after ``gzip`` level 9
+    (a proxy for download size), ``ops`` the sorted unique operator names in the
+    file, ``needs`` what running it takes (runtime, I/O dtypes, opset ...) and
+    ``parity`` the figures of :func:`exporters.check_parity` once checked.
+
+    Example:
+        >>> json.dumps(art.to_dict())   # paths become strings
+    """
+
+    path: Path
+    format: str
+    variant: str
+    bytes: int
+    gzip_bytes: int
+    ops: list[str] = field(default_factory=list)
+    needs: dict = field(default_factory=dict)
+    parity: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (``path`` as a string)."""
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+class Exporter(Protocol):
+    """What a format module registers with :func:`register`.
+
+    ``convert`` returns the file's bytes; ``describe`` reads those bytes back and
+    returns ``(ops, needs)``.
+    """
+
+    format: str
+    suffix: str
+    variants: tuple[str, ...]
+
+    def convert(self, model, variant: str, calibration: np.ndarray | None) -> bytes: ...
+
+    def describe(self, data: bytes) -> tuple[list[str], dict]: ...
+
+
+_REGISTRY: dict[str, Exporter] = {}
+
+
+def register(exporter: Exporter) -> Exporter:
+    """Add ``exporter`` under its ``format`` name (a later one replaces an earlier)."""
+    _REGISTRY[exporter.format] = exporter
+    VARIANTS[exporter.format] = tuple(exporter.variants)
+    return exporter
+
+
+def get_exporter(fmt: str, variant: str | None = None) -> Exporter:
+    """The exporter for ``fmt``; a one-line EdgecompError for unknown formats/variants."""
+    exporter = _REGISTRY.get(fmt)
+    if exporter is None:
+        raise EdgecompError(f"unknown export format '{fmt}'",
+                            fix=f"use one of: {', '.join(sorted(_REGISTRY))}")
+    if variant is not None and variant not in exporter.variants:
+        raise EdgecompError(f"format '{fmt}' has no variant '{variant}'",
+                            fix=f"use one of: {', '.join(exporter.variants)}")
+    return exporter
+
+
+def gzip_size(data: bytes) -> int:
+    """Length of ``data`` gzipped at level 9 (mtime fixed, so it is reproducible)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def build_artifact(exporter: Exporter, variant: str, path: Path, data: bytes) -> Artifact:
+    """Describe ``data`` (already written at ``path``) as an :class:`Artifact`."""
+    ops, needs = exporter.describe(data)
+    return Artifact(path=Path(path), format=exporter.format, variant=variant, bytes=len(data),
+                    gzip_bytes=gzip_size(data), ops=ops, needs=needs, parity=None)
+
+
+def convert_to_bytes(model, fmt: str, variant: str,
+                     calibration: np.ndarray | None = None) -> tuple[Exporter, bytes]:
+    """Convert without writing; returns the exporter used and the file's bytes."""
+    exporter = get_exporter(fmt, variant)
+    return exporter, exporter.convert(model, variant, calibration)
+
+
+def export(model, fmt: str, variant: str, out_path: str | os.PathLike,
+           calibration: np.ndarray | None = None) -> Artifact:
+    """Convert ``model`` to ``fmt``/``variant`` and write it atomically to ``out_path``.
+
+    ``calibration`` (float32, shaped like the model input, N first; e.g. 200
+    training images) is needed by the quantizing variants (``tflite`` ``int8``).
+
+    Example:
+        >>> art = export(model, "onnx", "fp32", "out/model.onnx")
+        >>> art.ops
+        ['Conv', 'MatMul', 'MaxPool', ...]
+    """
+    exporter, data = convert_to_bytes(model, fmt, variant, calibration)
+    path = io.write_bytes(out_path, data)
+    return build_artifact(exporter, variant, path, data)
+
+
+def suffix_of(fmt: str) -> str:
+    """File suffix for ``fmt`` (``.tflite``, ``.onnx``)."""
+    return get_exporter(fmt).suffix

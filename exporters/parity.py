@@ -1,0 +1,213 @@
+"""Parity: does an exported file compute what the Keras model computes?
+
+:func:`check_parity` runs the Keras model and the file (in its real runtime,
+through :func:`runtime_bench.runners.open_runner`) on the same float inputs and
+compares them. :func:`export_and_check` exports to a temporary file, checks it,
+and only then renames it to its final name; a file that fails is deleted and a
+:class:`ParityError` says which figure missed which threshold.
+
+    >>> from exporters import export_and_check
+    >>> art = export_and_check(model, "tflite", "fp32", "out/m.tflite",
+    ...                        check_x=x_test[:500], check_y=y_test[:500])
+    >>> art.parity["max_abs_diff"] <= 1e-4
+    True
+
+Accuracies and ``accuracy_delta`` (artifact minus Keras) are fractions:
+``accuracy_delta >= -0.005`` means "at most half a point lost".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgecomp import io
+from edgecomp.errors import EdgecompError
+
+from .base import Artifact, export, get_exporter
+
+#: Figures that must stay at or below their threshold; every other figure must stay at or above.
+UPPER_BOUNDED = frozenset({"max_abs_diff", "mean_abs_diff"})
+FIGURES = ("max_abs_diff", "mean_abs_diff", "top1_agreement",
+           "accuracy_keras", "accuracy_artifact", "accuracy_delta")
+
+#: Default thresholds per variant. Override per call with ``thresholds={figure: limit}``
+#: (``None`` drops a check), or change this dict for the whole process.
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs_diff": 1e-4, "top1_agreement": 1.0},
+    "fp16": {"max_abs_diff": 1e-2, "top1_agreement": 0.99},
+    "dynamic": {"top1_agreement": 0.99, "accuracy_delta": -0.005},
+    "int8": {"top1_agreement": 0.99, "accuracy_delta": -0.005},
+}
+
+
+class ParityError(EdgecompError):
+    """An exported file that does not match its Keras model closely enough.
+
+    ``figures`` holds the full :func:`check_parity` result.
+    """
+
+    def __init__(self, problem: str, figures: dict | None = None, fix: str | None = None):
+        super().__init__(problem, fix=fix or "inspect the model, or loosen thresholds= if the loss is acceptable")
+        self.figures = figures or {}
+
+
+def _keras_predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    outs = [np.asarray(model(x[i:i + batch_size], training=False), dtype=np.float32)
+            for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs, axis=0)
+
+
+def _classes(p: np.ndarray) -> np.ndarray:
+    """Predicted class per sample (per pixel/point for dense outputs)."""
+    if p.shape[-1] == 1:  # one sigmoid unit: binary
+        return (p[..., 0] > 0.5).astype(np.int64)
+    return np.argmax(p, axis=-1)
+
+
+def _labels(y, like: np.ndarray, out_shape: tuple) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape == out_shape and out_shape[-1] > 1:  # one-hot
+        y = np.argmax(y, axis=-1)
+    try:
+        return y.reshape(like.shape).astype(np.int64)
+    except ValueError:
+        raise EdgecompError(f"labels have shape {y.shape}, predictions {like.shape}",
+                            fix="pass int class indices, one per sample") from None
+
+
+def _thresholds_for(variant: str | None, overrides: dict | None) -> dict[str, float]:
+    merged = dict(DEFAULT_THRESHOLDS.get(variant or "", {}))
+    for key, limit in (overrides or {}).items():
+        if key not in FIGURES:
+            raise EdgecompError(f"unknown parity figure '{key}'", fix=f"use one of: {', '.join(FIGURES)}")
+        if limit is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = float(limit)
+    return merged
+
+
+def _failures(figures: dict, thresholds: dict, label: str) -> list[str]:
+    out = []
+    for key, limit in thresholds.items():
+        if key not in figures:  # e.g. accuracy_delta without labels
+            continue
+        value = figures[key]
+        if key in UPPER_BOUNDED:
+            ok, rel = value <= limit, f"> {limit:g} allowed"
+        else:
+            ok, rel = value >= limit, f"< {limit:g} required"
+        if not ok:  # NaN fails both ways
+            out.append(f"{label}: {key} {value:.6g} {rel}")
+    return out
+
+
+def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.ndarray, y=None,
+                 thresholds: dict | None = None, variant: str | None = None,
+                 **runner_options) -> dict:
+    """Compare ``model`` and an exported file on the float inputs ``x``.
+
+    Returns ``{"n", "max_abs_diff", "mean_abs_diff", "top1_agreement"}`` plus,
+    when int labels ``y`` are given, ``"accuracy_keras"``, ``"accuracy_artifact"``
+    and ``"accuracy_delta"`` (fractions), and the verdict: ``"variant"``,
+    ``"thresholds"`` applied, ``"failures"`` (one line each) and ``"passed"``.
+    It never raises for a failed check; :func:`export_and_check` does.
+
+    ``variant`` picks :data:`DEFAULT_THRESHOLDS` (default: the artifact's; for a
+    bare path without ``variant`` only the given ``thresholds`` apply).
+    ``runner_options`` go to ``open_runner`` (e.g. ``resolver="builtin"``).
+
+    Example:
+        >>> r = check_parity(model, "m_int8.tflite", x_test[:500], y_test[:500], variant="int8")
+        >>> r["passed"], r["top1_agreement"]
+        (True, 0.998)
+    """
+    from runtime_bench.runners import open_runner
+
+    if isinstance(artifact_or_path, Artifact):
+        path, variant = artifact_or_path.path, variant or artifact_or_path.variant
+        resolver = artifact_or_path.needs.get("resolver")
+        if resolver and resolver != "default":
+            runner_options.setdefault("resolver", resolver)
+    else:
+        path = Path(artifact_or_path)
+    x = np.asarray(x, dtype=np.float32)
+    if len(x) == 0:
+        raise EdgecompError("parity check needs at least one input", fix="pass check_x with some test inputs")
+    limits = _thresholds_for(variant, thresholds)
+
+    ref = _keras_predict(model, x)
+    got = open_runner(path, threads=1, **runner_options).predict(x)
+    label = f"{variant or path.name} parity"
+    if got.shape != ref.shape:
+        figures = {"variant": variant, "n": int(len(x)), "thresholds": limits, "passed": False,
+                   "failures": [f"{label}: output shape {got.shape} != Keras {ref.shape}"]}
+        return figures
+
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    pred_ref, pred_got = _classes(ref), _classes(got)
+    figures: dict = {
+        "variant": variant,
+        "n": int(len(x)),
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+        "top1_agreement": float(np.mean(pred_ref == pred_got)),
+    }
+    if y is not None:
+        labels = _labels(y, pred_ref, ref.shape)
+        figures["accuracy_keras"] = float(np.mean(pred_ref == labels))
+        figures["accuracy_artifact"] = float(np.mean(pred_got == labels))
+        figures["accuracy_delta"] = figures["accuracy_artifact"] - figures["accuracy_keras"]
+    figures["thresholds"] = limits
+    figures["failures"] = _failures(figures, limits, label)
+    figures["passed"] = not figures["failures"]
+    return figures
+
+
+def export_and_check(model, fmt: str, variant: str, out_path: str | os.PathLike,
+                     calibration: np.ndarray | None = None, check_x: np.ndarray | None = None,
+                     check_y=None, thresholds: dict | None = None) -> Artifact:
+    """Export, check parity on ``check_x``/``check_y``, and only then publish at ``out_path``.
+
+    The file is written to a hidden temporary name beside ``out_path``; if the
+    check fails it is deleted, ``out_path`` is left untouched, and a
+    :class:`ParityError` is raised whose one-line message names the variant, the
+    figure, its value and the threshold. On success ``artifact.parity`` holds the
+    :func:`check_parity` result.
+
+    Example:
+        >>> art = export_and_check(model, "onnx", "fp32", "out/m.onnx", check_x=x_test[:200])
+        >>> art.parity["passed"], art.path.name
+        (True, 'm.onnx')
+    """
+    exporter = get_exporter(fmt, variant)
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != exporter.suffix:
+        raise EdgecompError(f"{out_path.name}: a {fmt} file must end in {exporter.suffix}",
+                            fix=f"name it {out_path.stem}{exporter.suffix}")
+    if check_x is None:
+        raise EdgecompError("export_and_check needs check_x", fix="pass some test inputs as check_x")
+    io.ensure_dir(out_path.parent)
+    # The runners pick the runtime by suffix, so the temporary name keeps it.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=f".part{exporter.suffix}",
+                                    dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        artifact = export(model, fmt, variant, tmp, calibration=calibration)
+        figures = check_parity(model, artifact, check_x, check_y, thresholds=thresholds, variant=variant)
+        if not figures["passed"]:
+            raise ParityError(f"{fmt} " + "; ".join(figures["failures"]) + f" (n={figures['n']})", figures)
+        os.replace(tmp, out_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    artifact.path = out_path
+    artifact.parity = figures
+    return artifact

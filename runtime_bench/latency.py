@@ -1,0 +1,106 @@
+"""The latency loop: load, first inference, warm-up, then timed runs.
+
+It follows the shape of LiteRT's ``benchmark_model`` and ONNX Runtime's
+``onnxruntime_perf_test``: init time, the first inference on its own, a few
+untimed warm-up runs, and then timed runs until both a run count and a minimum
+time are reached. Only ``runner.invoke()`` is inside the timer (the input is
+set once with ``runner.prepare``), and Python's garbage collector is paused
+while timing so a collection does not land inside a sample.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from edgecomp.errors import EdgecompError
+from runtime_bench.runners import Runner
+from runtime_bench.stats import summarize
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB.
+
+    On Linux this is ``VmHWM`` from ``/proc/self/status``: ``getrusage``'s
+    ``ru_maxrss`` survives ``fork``/``exec``, so a fresh worker would report its
+    parent's peak. Elsewhere it is ``resource.getrusage(RUSAGE_SELF).ru_maxrss``.
+
+    Example:
+        >>> peak_rss_mb() > 0
+        True
+    """
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kibibytes, macOS bytes.
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def measure_latency(runner: Runner | Callable[[], Runner], x_batch: np.ndarray, *,
+                    warmup: int = 10, runs: int = 100, min_time_s: float = 1.0) -> dict:
+    """Time ``runner.invoke()`` on one prepared batch.
+
+    ``runner`` is an open :class:`~runtime_bench.runners.Runner`, or a zero-argument
+    factory that opens one; with a factory the load is timed too (``init_ms``),
+    otherwise ``init_ms`` is None. Timed runs continue until at least ``runs``
+    samples are taken *and* at least ``min_time_s`` seconds have passed.
+
+    Returns ``init_ms``, ``first_ms``, ``warmup``, ``runs`` (samples taken),
+    ``timed_s`` (wall time of the timed phase), the :func:`~runtime_bench.stats.summarize`
+    keys (``mean_ms`` ... ``runs_per_s``, without ``n``) and ``peak_rss_mb``.
+
+    Example:
+        >>> r = measure_latency(lambda: open_runner("m.tflite"), x[:1], runs=50, min_time_s=0.5)
+        >>> r["median_ms"], r["p99_ms"], r["peak_rss_mb"]            # doctest: +SKIP
+        (0.41, 0.73, 212.5)
+    """
+    if int(runs) < 1 or int(warmup) < 0 or not min_time_s >= 0:
+        raise EdgecompError(f"bad latency settings runs={runs} warmup={warmup} "
+                            f"min_time_s={min_time_s}",
+                            fix="use runs >= 1, warmup >= 0 and min_time_s >= 0")
+    init_ms = None
+    if not isinstance(runner, Runner):
+        t0 = time.perf_counter_ns()
+        runner = runner()
+        init_ms = (time.perf_counter_ns() - t0) / 1e6
+
+    runner.prepare(np.asarray(x_batch, dtype=np.float32))
+    t0 = time.perf_counter_ns()
+    runner.invoke()
+    first_ms = (time.perf_counter_ns() - t0) / 1e6
+
+    for _ in range(int(warmup)):
+        runner.invoke()
+
+    min_ns = int(float(min_time_s) * 1e9)
+    samples: list[int] = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        while True:
+            t0 = time.perf_counter_ns()
+            runner.invoke()
+            t1 = time.perf_counter_ns()
+            samples.append(t1 - t0)
+            if len(samples) >= runs and t1 - start >= min_ns:
+                break
+        timed_s = (time.perf_counter_ns() - start) / 1e9
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+    stats = summarize(np.asarray(samples, dtype=np.float64) / 1e9)
+    del stats["n"]
+    return {"init_ms": init_ms, "first_ms": first_ms, "warmup": int(warmup),
+            "runs": len(samples), "timed_s": timed_s, **stats, "peak_rss_mb": peak_rss_mb()}
