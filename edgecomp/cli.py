@@ -51,13 +51,21 @@ def _add_data(p, default="fashion_mnist"):
     p.add_argument("--test-size", type=_size, default=None, help="test samples to use (default: all)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgecomp", description="Deep Compression for Keras 3 CNNs, "
+    parser = _Parser(prog="edgecomp", description="Deep Compression for Keras 3 CNNs, "
                                      "with TFLite/ONNX export and runtime benchmarks.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("run", help="train, compress, store, decode, export and benchmark in one go")
     p.add_argument("--model", default="vgg", help="registered model name (default: vgg)")
+    p.add_argument("--width", type=float, default=1.0, help="channel-width multiplier of the model (default: 1.0)")
     _add_data(p)
     p.add_argument("--compress-rate", "--rate", dest="rate", type=_rate, default=0.8,
                    help="fraction of each filter's weights to prune, in [0, 1) (default: 0.8)")
@@ -123,7 +131,7 @@ def _data(args):
 
 def cmd_run(args):
     from edgecomp.run import RunConfig, run_job
-    run_job(RunConfig(model=args.model, data=args.data, data_dir=args.data_dir, rate=args.rate,
+    run_job(RunConfig(model=args.model, model_options={"width": args.width} if args.width != 1.0 else {}, data=args.data, data_dir=args.data_dir, rate=args.rate,
                       epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, train_size=args.train_size,
                       test_size=args.test_size, batch_size=args.batch_size, latency_runs=args.latency_runs,
                       threads=args.threads, out=args.out, seed=args.seed))

@@ -25,6 +25,7 @@ class RunConfig:
     """Every knob of :func:`run_job`; the defaults finish in a few minutes on 2 cores."""
 
     model: str = "vgg"
+    model_options: dict = dataclasses.field(default_factory=dict)
     data: str = "fashion_mnist"
     data_dir: str | None = None
     rate: float = 0.8
@@ -77,8 +78,12 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     from edgecomp.models import build_model
     from edgecomp.report import write_run_report
 
+    from edgecomp.models import model_names
+
     cfg = dataclasses.replace(cfg or RunConfig(), **overrides)
     pruning.check_rate(cfg.rate)
+    if cfg.model not in model_names():  # fail before the data is loaded
+        raise EdgecompError(f"unknown model '{cfg.model}'", fix=f"use one of: {', '.join(model_names())}")
     out = io.ensure_dir(cfg.out)
     started = time.time()
 
@@ -86,7 +91,7 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     ds = load_dataset(cfg.data, data_dir=cfg.data_dir).take(cfg.train_size, cfg.test_size).check()
     _log(cfg, f"{len(ds.x_train)} train / {len(ds.x_test)} test samples of {ds.input_shape} from {ds.source}")
 
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes)
+    model = build_model(cfg.model, ds.input_shape, ds.num_classes, **cfg.model_options)
     _log(cfg, f"training {cfg.model} ({model.count_params():,} params) for {cfg.epochs} epoch(s)")
     train.fit(model, ds.x_train, ds.y_train, epochs=cfg.epochs, batch_size=cfg.batch_size,
               seed=cfg.seed, verbose=cfg.verbose)

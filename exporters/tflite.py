@@ -19,8 +19,10 @@ resolver (``needs["resolver"] = "builtin"``).
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -85,17 +87,29 @@ def _saved_model(model):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _run(converter) -> bytes:
+    # TF 2.21: from_keras_model saves a Keras 3 model through
+    # keras.export.ExportArchive.write_out(), which prints the endpoints to
+    # stdout on every conversion; a library should not.
+    # TF 2.21 also warns "Statistics for quantized inputs were expected, but
+    # not specified" on every int8-I/O conversion; the representative dataset
+    # provides those statistics, so the warning says nothing here.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return bytes(converter.convert())
+
+
 def _convert(model, variant: str, calibration) -> bytes:
     import tensorflow as tf
 
     # TF 2.21 + Keras 3.15: from_keras_model works on Keras 3 models (it
-    # traces model.__call__). Older TF 2.16-2.17 failed there on Keras 3
-    # ("_get_save_spec"), so on any error we fall back to Keras 3's own route,
-    # model.export() to a SavedModel, then from_saved_model.
+    # exports model.__call__(training=False)). TF 2.16-2.17 failed there on
+    # Keras 3 ("_get_save_spec"), so on any error we fall back to Keras 3's own
+    # route, model.export() to a SavedModel, then from_saved_model.
     try:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         _configure(converter, variant, model, calibration)
-        return bytes(converter.convert())
+        return _run(converter)
     except EdgecompError:
         raise
     except Exception as first:  # noqa: BLE001 - the converter raises many types
@@ -103,7 +117,7 @@ def _convert(model, variant: str, calibration) -> bytes:
             with _saved_model(model) as folder:
                 converter = tf.lite.TFLiteConverter.from_saved_model(folder)
                 _configure(converter, variant, model, calibration)
-                return bytes(converter.convert())
+                return _run(converter)
         except EdgecompError:
             raise
         except Exception as second:  # noqa: BLE001

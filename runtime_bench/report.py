@@ -145,6 +145,11 @@ def _fmt(value, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def _sig(value) -> str:
+    """Four significant digits: latencies span microseconds to seconds."""
+    return "" if value is None else f"{value:.4g}"
+
+
 def _markdown(records: list[dict], front: set[str]) -> str:
     head = ["artifact", "format", "threads", "batch", "size KB", "gzip KB", "init ms", "first ms",
             "median ms", "p90 ms", "p99 ms", "runs", "peak RSS MB", "accuracy", "pareto", "error"]
@@ -154,8 +159,8 @@ def _markdown(records: list[dict], front: set[str]) -> str:
         cells = [
             r.get("name") or Path(str(r.get("file"))).name, r.get("format") or "",
             str(r.get("threads", "")), str(r.get("batch", "")), _fmt(kb("bytes"), 1),
-            _fmt(kb("gzip_bytes"), 1), _fmt(r.get("init_ms"), 1), _fmt(r.get("first_ms"), 3),
-            _fmt(r.get("median_ms"), 3), _fmt(r.get("p90_ms"), 3), _fmt(r.get("p99_ms"), 3),
+            _fmt(kb("gzip_bytes"), 1), _sig(r.get("init_ms")), _sig(r.get("first_ms")),
+            _sig(r.get("median_ms")), _sig(r.get("p90_ms")), _sig(r.get("p99_ms")),
             "" if r.get("runs") is None else str(r["runs"]), _fmt(r.get("peak_rss_mb"), 1),
             _fmt(r.get("accuracy"), 4), "yes" if _ok(r) and r.get("file") in front else "",
             r.get("error") or "",
@@ -195,7 +200,7 @@ def _latency_png(records: list[dict]) -> bytes:
         ax.set_yticks(y, [f"{r['name']} ({r['threads']}t, b{r['batch']})" for r in rows])
         ax.invert_yaxis()
         ax.set_xlabel("latency per invoke (ms)")
-        ax.legend(loc="lower right", fontsize="small")
+        ax.legend(loc="best", fontsize="small")
     else:
         ax.text(0.5, 0.5, "no successful measurements", ha="center", va="center")
         ax.set_axis_off()
@@ -223,6 +228,12 @@ def _accuracy_png(records: list[dict], front: set[str], size_key: str) -> bytes:
             ax.annotate(p["name"], (k, a), fontsize="x-small", xytext=(3, 3),
                         textcoords="offset points")
         ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        if kb.max() < 10 * kb.min():  # under a decade: label the minor ticks too
+            ax.xaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="x", which="minor", labelsize="x-small")
         ax.set_xlabel(f"size ({'gzip ' if size_key == 'gzip_bytes' else ''}KB, log scale)")
         ax.set_ylabel("accuracy")
         ax.legend(loc="lower right", fontsize="small")

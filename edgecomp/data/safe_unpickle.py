@@ -1,17 +1,19 @@
 """Read plain-data pickles (such as the CIFAR "python version" files) without ``pickle``.
 
-``pickle.load`` calls whatever a stream names, so edgecomp never uses it.
+The standard library's unpickler calls whatever a stream names, so edgecomp
+never uses it.
 :func:`safe_loads` interprets only the data opcodes (``None``/bools, ints,
 floats, strings, bytes, tuples, lists, dicts, the memo) and rebuilds numpy
 arrays whose reduce recipe it recognises *by name*:
 ``numpy[._]core.multiarray._reconstruct`` + ``numpy.ndarray`` + ``numpy.dtype``
-(protocols 2-4), ``numpy[._]core.numeric._frombuffer`` (protocol 5, in-band)
-and ``_codecs.encode(text, "latin1")`` (how Python 3 writes bytes at protocol 2).
+(protocols 2-4), ``numpy[._]core.numeric._frombuffer`` (protocol 5, in-band),
+and ``_codecs.encode(text, "latin1")`` / ``bytes()`` (how Python 3 writes bytes
+at protocol 2).
 Nothing named in the stream is imported or called; any other global or opcode
 raises :class:`~edgecomp.errors.EdgecompError` ("unsupported pickle content").
 
 Python 2 strings (``STRING``/``BINSTRING``/``SHORT_BINSTRING``) come back as
-``bytes``, as with ``pickle.load(f, encoding="bytes")``; arrays are read-only
+``bytes`` (the standard unpickler's ``encoding="bytes"``); arrays are read-only
 ``np.frombuffer`` views.
 
 Example:
@@ -41,8 +43,31 @@ _KNOWN_GLOBALS = {
     ("numpy", "ndarray"): "ndarray",
     ("numpy", "dtype"): "dtype",
     ("_codecs", "encode"): "encode",
+    ("__builtin__", "bytes"): "bytes",   # Python 3 writes b"" as bytes() at protocol 2
+    ("builtins", "bytes"): "bytes",
 }
 _NUMERIC_KINDS = "biufc"  # bool, int, uint, float, complex: no objects, records or strings
+
+
+def _sint(raw: memoryview) -> int:
+    return int.from_bytes(raw, "little", signed=True)
+
+
+def _utf8(raw: memoryview) -> str:
+    return str(raw, "utf-8", "surrogatepass")
+
+
+# Opcodes that push a fresh value without reading an argument:
+# NONE, NEWTRUE, NEWFALSE, EMPTY_TUPLE, EMPTY_DICT, EMPTY_LIST.
+_NO_ARG = {0x4E: lambda: None, 0x88: lambda: True, 0x89: lambda: False, 0x29: tuple, 0x7D: dict, 0x5D: list}
+# Fixed-width numbers: BININT1, BININT2, BININT, BINFLOAT -> (bytes, converter).
+_FIXED = {0x4B: (1, lambda raw: raw[0]), 0x4D: (2, lambda raw: int.from_bytes(raw, "little")),
+          0x4A: (4, _sint), 0x47: (8, lambda raw: struct.unpack(">d", raw)[0])}
+# Length-prefixed payloads -> (width of the little-endian length, converter). Python 2
+# strings (SHORT_BINSTRING, BINSTRING) become bytes, like encoding="bytes".
+_SIZED = {0x55: (1, bytes), 0x54: (4, bytes), 0x43: (1, bytes), 0x42: (4, bytes), 0x8E: (8, bytes),
+          0x96: (8, bytearray), 0x8C: (1, _utf8), 0x58: (4, _utf8), 0x8D: (8, _utf8),
+          0x8A: (1, _sint), 0x8B: (4, _sint)}  # ..., BYTEARRAY8, *UNICODE*, LONG1, LONG4
 
 
 class _Unsupported(Exception):
@@ -109,6 +134,8 @@ def _reduce(func: Any, args: Any) -> Any:
     if role == "encode" and len(args) == 2 and isinstance(args[0], str) and \
             _text(args[1]).replace("-", "").lower() == "latin1":
         return args[0].encode("latin-1")
+    if role == "bytes" and args == ():
+        return b""
     if role == "frombuffer" and len(args) == 4:
         return _array_from(args[0], _as_dtype(args[1]), args[2], _text(args[3]) == "F")
     raise _Unsupported(f"call of {role or type(func).__name__}")
@@ -121,7 +148,7 @@ def _build(target: Any, state: Any) -> Any:
         if subarray is not None or names is not None:
             raise _Unsupported("structured or sub-array dtype")
         base = np.dtype(target.typestr)
-        target.dtype = base.newbyteorder(order) if order in "<>" else base
+        target.dtype = base.newbyteorder(order) if order in ("<", ">") else base
         return target
     if isinstance(target, _PendingArray) and isinstance(state, tuple) and len(state) == 5:
         _, shape, dtype, fortran, raw = state
@@ -131,9 +158,12 @@ def _build(target: Any, state: Any) -> Any:
 
 def _check_finished(obj: Any) -> None:
     """Refuse results that still hold placeholders (a REDUCE without its BUILD, a bare global)."""
-    todo = [obj]
+    todo, seen = [obj], set()
     while todo:
         item = todo.pop()
+        if id(item) in seen:  # self-referencing lists and dicts are legal pickles
+            continue
+        seen.add(id(item))
         if isinstance(item, (_Global, _PendingArray, _PendingDtype)):
             raise _Unsupported(f"unfinished {type(item).__name__.strip('_')} in the result")
         if isinstance(item, dict):
@@ -150,6 +180,7 @@ def safe_loads(data: bytes, name: str = "<bytes>") -> Any:
         >>> safe_loads(b"\\x80\\x02]q\\x00(K\\x01K\\x02e.")
         [1, 2]
     """
+    data = bytes(data)  # no copy when it already is bytes
     view = memoryview(data)
     pos = 0
 
@@ -198,27 +229,17 @@ def safe_loads(data: bytes, name: str = "<bytes>") -> Any:
             elif op == 0x28:          # MARK
                 marks.append(stack)
                 stack = []
-            elif op == 0x4E: stack.append(None)                                   # NONE
-            elif op == 0x88: stack.append(True)                                   # NEWTRUE
-            elif op == 0x89: stack.append(False)                                  # NEWFALSE
-            elif op == 0x4B: stack.append(uint(1))                                # BININT1
-            elif op == 0x4D: stack.append(uint(2))                                # BININT2
-            elif op == 0x4A: stack.append(int.from_bytes(take(4), "little", signed=True))  # BININT
-            elif op == 0x8A: stack.append(int.from_bytes(take(uint(1)), "little", signed=True))  # LONG1
-            elif op == 0x8B: stack.append(int.from_bytes(take(uint(4)), "little", signed=True))  # LONG4
-            elif op == 0x47: stack.append(struct.unpack(">d", take(8))[0])        # BINFLOAT
-            elif op == 0x55: stack.append(bytes(take(uint(1))))                   # SHORT_BINSTRING
-            elif op == 0x54: stack.append(bytes(take(uint(4))))                   # BINSTRING
-            elif op == 0x43: stack.append(bytes(take(uint(1))))                   # SHORT_BINBYTES
-            elif op == 0x42: stack.append(bytes(take(uint(4))))                   # BINBYTES
-            elif op == 0x8E: stack.append(bytes(take(uint(8))))                   # BINBYTES8
-            elif op == 0x96: stack.append(bytearray(take(uint(8))))               # BYTEARRAY8
-            elif op == 0x8C: stack.append(str(take(uint(1)), "utf-8", "surrogatepass"))  # SHORT_BINUNICODE
-            elif op == 0x58: stack.append(str(take(uint(4)), "utf-8", "surrogatepass"))  # BINUNICODE
-            elif op == 0x8D: stack.append(str(take(uint(8)), "utf-8", "surrogatepass"))  # BINUNICODE8
-            elif op == 0x7D: stack.append({})                                     # EMPTY_DICT
-            elif op == 0x5D: stack.append([])                                     # EMPTY_LIST
-            elif op == 0x29: stack.append(())                                     # EMPTY_TUPLE
+            elif op in _NO_ARG:
+                stack.append(_NO_ARG[op]())
+            elif op in _FIXED:
+                width, convert = _FIXED[op]
+                stack.append(convert(take(width)))
+            elif op in _SIZED:
+                width, convert = _SIZED[op]
+                stack.append(convert(take(uint(width))))
+            elif op == 0x49:                                                      # INT (protocol 0/1)
+                text = line()
+                stack.append(True if text == "01" else False if text == "00" else int(text))
             elif op in (0x85, 0x86, 0x87):                                        # TUPLE1/2/3
                 n = op - 0x84
                 if len(stack) < n:
@@ -226,8 +247,9 @@ def safe_loads(data: bytes, name: str = "<bytes>") -> Any:
                 items = stack[len(stack) - n:]
                 del stack[len(stack) - n:]
                 stack.append(tuple(items))
-            elif op == 0x74: stack.append(tuple(pop_mark()))                      # TUPLE
-            elif op == 0x6C: stack.append(pop_mark())                             # LIST
+            elif op in (0x74, 0x6C):                                              # TUPLE, LIST
+                items = pop_mark()  # rebinds `stack`, so pop before appending
+                stack.append(tuple(items) if op == 0x74 else items)
             elif op in (0x64, 0x75):                                              # DICT, SETITEMS
                 items = pop_mark()
                 if len(items) % 2:
@@ -295,7 +317,7 @@ def safe_load(path: str | os.PathLike) -> Any:
 
     Example:
         >>> batch = safe_load("cifar-10-batches-py/data_batch_1")  # doctest: +SKIP
-        >>> batch[b"data"].shape
+        >>> batch[b"data"].shape  # doctest: +SKIP
         (10000, 3072)
     """
     try:

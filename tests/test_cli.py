@@ -1,0 +1,92 @@
+"""Bad input gets one line, exit code 2, no traceback and no partial output."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecomp.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env=None):
+    proc = subprocess.run([sys.executable, "-m", "edgecomp.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _one_line_error(err: str, *needles):
+    lines = [l for l in err.strip().splitlines() if l.startswith("edgecomp")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def _files(path: Path):
+    return sorted(p.relative_to(path) for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+@pytest.mark.parametrize("rate", ["1.0", "-0.2", "1.5", "abc"])
+def test_rate_outside_range(rate, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--compress-rate", rate, "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    _one_line_error(capsys.readouterr().err, "compress rate")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_model(tmp_path, capsys):
+    assert main(["run", "--model", "vgx", "--out", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys.readouterr().err, "unknown model 'vgx'", "vgg")
+
+
+def test_unknown_dataset(tmp_path, capsys):
+    assert main(["run", "--data", "mnist9", "--out", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys.readouterr().err, "unknown dataset 'mnist9'", "fashion_mnist")
+    assert _files(tmp_path / "o") == []
+
+
+def test_missing_dataset(tmp_path, capsys, monkeypatch):
+    import keras
+
+    def no_net(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_net)
+    monkeypatch.setenv("EDGECOMP_DATA", str(tmp_path / "nothing"))
+    assert main(["run", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys.readouterr().err, "fashion")
+    assert _files(tmp_path / "o") == []
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", "--data", "synthetic_images", "--out", str(blocker / "sub")]) == 2
+    _one_line_error(capsys.readouterr().err, "output folder")
+
+
+def test_foreign_and_missing_container(tmp_path, capsys):
+    foreign = tmp_path / "foreign.ecz"
+    foreign.write_bytes(b"PK\x03\x04" + bytes(200))
+    assert main(["evaluate", str(foreign), "--data", "synthetic_images"]) == 2
+    _one_line_error(capsys.readouterr().err, "not an edgecomp container")
+    assert main(["evaluate", str(tmp_path / "none.ecz"), "--data", "synthetic_images"]) == 2
+    _one_line_error(capsys.readouterr().err, "does not exist")
+    assert foreign.read_bytes()[:4] == b"PK\x03\x04"  # input untouched
+
+
+def test_truncated_container_real_process(tmp_path):
+    from edgecomp import store
+    from edgecomp.models import build_model
+    path = tmp_path / "m.ecz"
+    store.save_compressed(build_model("vgg", (8, 8, 1), 2, width=0.125), path)
+    path.write_bytes(path.read_bytes()[:-10])
+    code, out, err = run_cli("evaluate", str(path), "--data", "synthetic_images")
+    assert code == 2
+    _one_line_error(err, "corrupt container")
