@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+
+
+def _progress(verbose: int) -> int:
+    """Keras verbosity: the live progress bar on a terminal, one line per epoch in a log."""
+    if verbose and verbose == 1 and not sys.stdout.isatty():
+        return 2
+    return verbose
 
 
 def compile_model(model, learning_rate: float = 1e-3):
@@ -22,7 +31,7 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 64, seed: int = 0, ve
     compile_model(model, learning_rate)
     if epochs <= 0:
         return {}
-    return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbose, shuffle=True).history
+    return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=_progress(verbose), shuffle=True).history
 
 
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
