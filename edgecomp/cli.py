@@ -134,7 +134,8 @@ def cmd_run(args):
     run_job(RunConfig(model=args.model, model_options={"width": args.width} if args.width != 1.0 else {}, data=args.data, data_dir=args.data_dir, rate=args.rate,
                       epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, train_size=args.train_size,
                       test_size=args.test_size, batch_size=args.batch_size, latency_runs=args.latency_runs,
-                      threads=args.threads, out=args.out, seed=args.seed))
+                      threads=args.threads, out=args.out, seed=args.seed,
+                      command=" ".join(["edgecomp", *sys.argv[1:]])))
 
 
 def cmd_compress(args):

@@ -65,6 +65,7 @@ def markdown(report: dict) -> str:
     sc = report["storage_check"]
     return "\n".join([
         f"# edgecomp run: {report['config']['model']} on {report['data']['name']}", "",
+        f"Made by `{report['config'].get('command', 'edgecomp run')}` in {report['seconds']:.0f} s.", "",
         f"Data: {report['data']['train']} train / {report['data']['test']} test samples from "
         f"`{report['data']['source']}`. Latency: batch 1, {report['config'].get('threads', 1)} thread(s), "
         "median and p90 after warm-up, each artifact in a fresh process.", "",

@@ -42,6 +42,7 @@ class RunConfig:
     out: str = "runs/latest"
     seed: int = 0
     verbose: int = 1
+    command: str = "edgecomp run"
 
 
 def _log(cfg: RunConfig, msg: str):
