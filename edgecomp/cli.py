@@ -58,6 +58,37 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
+def _add_compression(p):
+    g = p.add_argument_group("compression")
+    g.add_argument("--method", choices=("seed", "deep"), default="seed",
+                   help="seed: int8 values + uint8 relative index; deep: k-means weight sharing with trained "
+                        "centroids + entropy-coded indices (default: seed)")
+    g.add_argument("--compress-rate", "--rate", dest="rate", type=_rate, default=0.8,
+                   help="fraction of weights to prune, in [0, 1) (default: 0.8)")
+    g.add_argument("--criterion", choices=("filter", "layer", "global"), default="filter",
+                   help="magnitude criterion: per output filter (seed), per layer, or global (default: filter)")
+    g.add_argument("--layer-rates", default=None, help="per-layer rates by name or glob, e.g. fc1=0.95,block1_*=0.5")
+    g.add_argument("--prune-schedule", default="oneshot",
+                   help="oneshot, iterative[:STEPS] (fine-tune after each step) or gradual[:UPDATES] (default: oneshot)")
+    g.add_argument("--fine-tune-epochs", type=_positive, default=1,
+                   help="masked fine-tuning epochs (per step for iterative) (default: 1)")
+    g.add_argument("--prune-first", action="store_true", help="prune the first conv/dense layer too")
+    g.add_argument("--bits", default="conv=8,dense=5", help="deep: centroid bits per layer kind or glob (default: conv=8,dense=5)")
+    g.add_argument("--init", choices=("linear", "density", "random"), default="linear",
+                   help="deep: k-means initialisation (default: linear)")
+    g.add_argument("--centroid-epochs", type=_positive, default=1, help="deep: centroid fine-tuning epochs (default: 1)")
+    g.add_argument("--index-bits", type=int, default=None, help="deep: bits per relative index gap (default: codec's)")
+    g.add_argument("--coder", default="huffman", help="deep: entropy coder for indices and gaps (default: huffman)")
+
+
+def _compression_options(args) -> dict:
+    from edgecomp.pruning import parse_rates
+    return dict(method=args.method, rate=args.rate, criterion=args.criterion,
+                layer_rates=parse_rates(args.layer_rates), schedule=args.prune_schedule,
+                fine_tune_epochs=args.fine_tune_epochs, skip_first=not args.prune_first, bits=args.bits,
+                init=args.init, centroid_epochs=args.centroid_epochs, index_bits=args.index_bits, coder=args.coder)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgecomp", description="Deep Compression for Keras 3 CNNs, "
                                      "with TFLite/ONNX export and runtime benchmarks.")
@@ -67,10 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="vgg", help="registered model name (default: vgg)")
     p.add_argument("--width", type=float, default=1.0, help="channel-width multiplier of the model (default: 1.0)")
     _add_data(p)
-    p.add_argument("--compress-rate", "--rate", dest="rate", type=_rate, default=0.8,
-                   help="fraction of each filter's weights to prune, in [0, 1) (default: 0.8)")
+    _add_compression(p)
     p.add_argument("--epochs", type=_positive, default=2, help="baseline training epochs (default: 2)")
-    p.add_argument("--fine-tune-epochs", type=_positive, default=1, help="masked fine-tuning epochs (default: 1)")
     p.add_argument("--train-size", type=_size, default=30000, help="training samples to use (default: 30000; 'all')")
     p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--latency-runs", type=_positive, default=200, help="timed runs per artifact (default: 200)")
@@ -78,16 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", default="runs/latest", help="output folder (default: runs/latest)")
 
-    p = sub.add_parser("compress", help="prune, fine-tune and store a .keras model as a .ecz container")
+    p = sub.add_parser("compress", help="prune, fine-tune, share and store a .keras model as a .ecz container")
     p.add_argument("model", help="a .keras file")
     _add_data(p)
-    p.add_argument("--compress-rate", "--rate", dest="rate", type=_rate, default=0.8)
-    p.add_argument("--fine-tune-epochs", type=_positive, default=1)
+    _add_compression(p)
     p.add_argument("--train-size", type=_size, default=None)
     p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--prune-first", action="store_true", help="prune the first conv/dense layer too")
     p.add_argument("--trust-model", action="store_true", help="allow a model that runs code on load (Lambda)")
     p.add_argument("-o", "--out", required=True, help="container to write (.ecz)")
+    p.add_argument("--report", default=None, help="also write the per-layer report as JSON here")
 
     p = sub.add_parser("evaluate", help="decode a .ecz container (or load a .keras file) and report test accuracy")
     p.add_argument("model", help="a .ecz or .keras file")
@@ -131,8 +159,10 @@ def _data(args):
 
 def cmd_run(args):
     from edgecomp.run import RunConfig, run_job
-    run_job(RunConfig(model=args.model, model_options={"width": args.width} if args.width != 1.0 else {}, data=args.data, data_dir=args.data_dir, rate=args.rate,
-                      epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, train_size=args.train_size,
+    options = _compression_options(args)
+    run_job(RunConfig(model=args.model, model_options={"width": args.width} if args.width != 1.0 else {},
+                      data=args.data, data_dir=args.data_dir, rate=options.pop("rate"), compression=options,
+                      epochs=args.epochs, train_size=args.train_size,
                       test_size=args.test_size, batch_size=args.batch_size, latency_runs=args.latency_runs,
                       threads=args.threads, out=args.out, seed=args.seed,
                       command=" ".join(["edgecomp", *sys.argv[1:]])))
@@ -146,9 +176,10 @@ def cmd_compress(args):
     io.ensure_dir(os.path.dirname(os.path.abspath(args.out)))
     model = load_keras_model(args.model, trust=args.trust_model)
     ds = _data(args)
-    result = compress(model, ds, rate=args.rate, fine_tune_epochs=args.fine_tune_epochs,
-                      batch_size=args.batch_size, skip_first=not args.prune_first)
+    result = compress(model, ds, batch_size=args.batch_size, **_compression_options(args))
     result.save(args.out)
+    if args.report:
+        io.write_json(args.report, {"settings": result.settings, "bytes": result.bytes, "layers": result.report})
     acc = train.evaluate(result.decode(), ds.x_test, ds.y_test)
     from edgecomp.report import text_table
     rows = [[r["name"], str(r["shape"]), f"{r['params']:,}", f"{r['nonzeros']:,}", f"{r['sparsity']:.1%}",

@@ -1,12 +1,14 @@
 """``compress(model, data)``: prune -> fine-tune with masks held -> quantize -> store.
 
-    >>> result = compress(model, dataset, rate=0.8)
+    >>> result = compress(model, dataset, rate=0.8)                    # the seed's method
+    >>> result = compress(model, dataset, rate=0.9, method="deep",     # Deep Compression
+    ...                   schedule="iterative:3", bits="conv=8,dense=5")
     >>> result.save("vgg.ecz")
     >>> small = result.decode()           # the Keras model the container restores
 
-The defaults are the seed's method: per-filter magnitude pruning with the first
-conv left dense, masked fine-tuning, then linear int8 values with uint8 relative
-indices (:mod:`edgecomp.codec`).
+``method="seed"`` stores the kept weights as linear int8 values with uint8 relative
+indices. ``method="deep"`` adds k-means weight sharing with fine-tuned centroids and
+entropy-coded centroid indices and index gaps (:mod:`edgecomp.codec`).
 """
 
 from __future__ import annotations
@@ -19,18 +21,19 @@ from edgecomp import codec, pruning, store, train
 from edgecomp.errors import EdgecompError
 from edgecomp.io import write_bytes
 
-METHODS = ("seed",)
+METHODS = ("seed", "deep")
 
 
 @dataclasses.dataclass
 class CompressedModel:
-    """A pruned, fine-tuned model, its masks, its container bytes and a per-tensor report."""
+    """A pruned (and, for ``deep``, weight-shared) model, its masks, container bytes and report."""
 
     model: object
     masks: dict[str, np.ndarray]
     container: bytes
     report: list[dict]
     settings: dict
+    history: list[dict] = dataclasses.field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -71,32 +74,86 @@ def _report(model, container: bytes, masks) -> list[dict]:
         rows.append({"name": rec.name, "shape": list(rec.shape), "params": rec.size,
                      "nonzeros": int(np.count_nonzero(w)), "pruned": rec.name in masks,
                      "sparsity": float(1 - np.count_nonzero(w) / max(1, w.size)),
-                     "method": codec.METHOD_NAMES[rec.method], "bytes": rec.stream_bytes})
+                     "method": codec.METHOD_NAMES[rec.method], "bytes": rec.stream_bytes,
+                     "streams": [len(s) for s in rec.streams]})
     return rows
 
 
-def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", fine_tune_epochs: int = 1,
+def _prune_and_fine_tune(model, x, y, *, rate, criterion, layer_rates, schedule, fine_tune_epochs,
+                         batch_size, skip_first, seed, verbose, history):
+    kind, steps = pruning.parse_schedule(schedule)
+    opts = dict(criterion=criterion, rates=layer_rates, skip_first=skip_first)
+    fit = x is not None and fine_tune_epochs > 0
+    if kind == "gradual" and fit:
+        masks = {k: np.ones(v.shape, bool) for k, v in
+                 ((k.path, k) for k in pruning.prunable_kernels(model, skip_first=skip_first))}
+        total = fine_tune_epochs * int(np.ceil(len(x) / batch_size))
+        with pruning.hold_masks(model, masks) as constraints:
+            cb = pruning.gradual_pruning_callback(model, constraints, rate, total, steps, **opts)
+            h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed,
+                          verbose=verbose, callbacks=[cb])
+            history.append({"stage": "gradual", "rate": rate, **{k: v[-1] for k, v in h.items()}})
+        return pruning.compute_masks(model, rate, **opts)
+    rates = [rate * (i + 1) / steps for i in range(steps)] if kind == "iterative" else [rate]
+    masks = {}
+    for r in rates:
+        masks = pruning.prune(model, r, **opts)
+        if fit:
+            with pruning.hold_masks(model, masks):
+                h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed,
+                              verbose=verbose)
+            history.append({"stage": "prune", "rate": r, **{k: v[-1] for k, v in h.items()}})
+    return masks
+
+
+def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", criterion: str = "filter",
+             layer_rates: dict[str, float] | None = None, schedule: str = "oneshot",
+             fine_tune_epochs: int = 1, bits="conv=8,dense=5", init: str = "linear",
+             centroid_epochs: int = 1, index_bits: int | None = None, coder: str = "huffman",
              batch_size: int = 64, skip_first: bool = True, seed: int = 0, verbose: int = 1,
              info: dict | None = None) -> CompressedModel:
-    """Compress ``model`` in place the seed's way and return a :class:`CompressedModel`.
+    """Compress ``model`` in place and return a :class:`CompressedModel`.
 
-    ``data`` is a :class:`~edgecomp.data.Dataset` or an ``(x, y)`` pair for the masked
-    fine-tuning; with ``data=None`` or ``fine_tune_epochs=0`` the model is pruned only.
+    ``data`` is a :class:`~edgecomp.data.Dataset` or an ``(x, y)`` pair for fine-tuning; with
+    ``data=None`` or zero epochs the model is pruned (and shared) only.
+
+    Pruning: ``criterion`` (``filter``/``layer``/``global``), ``layer_rates`` (glob -> rate),
+    ``schedule`` (``oneshot``, ``iterative[:steps]`` with ``fine_tune_epochs`` per step, or
+    ``gradual[:updates]`` over ``fine_tune_epochs``), ``skip_first`` (first layer dense).
+    Deep: ``bits`` per layer kind or glob (``"conv=8,dense=5"``), k-means ``init``,
+    ``centroid_epochs`` of centroid fine-tuning, ``index_bits`` for the relative index
+    (None: the codec's default), and the entropy ``coder``.
     """
     rate = pruning.check_rate(rate)
     if method not in METHODS:
         raise EdgecompError(f"unknown compression method '{method}'", fix=f"use one of: {', '.join(METHODS)}")
-    if fine_tune_epochs < 0:
-        raise EdgecompError(f"fine-tune epochs must be >= 0, got {fine_tune_epochs}", fix="pass 0 or more")
-    masks = pruning.prune(model, rate, skip_first=skip_first)
-    if not masks:
+    for name, value in (("fine-tune epochs", fine_tune_epochs), ("centroid epochs", centroid_epochs)):
+        if value < 0:
+            raise EdgecompError(f"{name} must be >= 0, got {value}", fix="pass 0 or more")
+    if not pruning.prunable_kernels(model, skip_first=skip_first):
         raise EdgecompError("the model has no prunable Conv/Dense kernels",
                             fix="compress a model with Conv or Dense layers")
     x, y = _xy(data)
-    if x is not None and fine_tune_epochs > 0:
-        with pruning.hold_masks(model, masks):
-            train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed, verbose=verbose)
-    settings = {"method": method, "rate": rate, "fine_tune_epochs": fine_tune_epochs,
-                "skip_first": skip_first, "seed": seed, **(info or {})}
-    container = store.encode_model(model, {name: method for name in masks}, info=settings)
-    return CompressedModel(model, masks, container, _report(model, container, masks), settings)
+    history: list[dict] = []
+    masks = _prune_and_fine_tune(model, x, y, rate=rate, criterion=criterion, layer_rates=layer_rates,
+                                 schedule=schedule, fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
+                                 skip_first=skip_first, seed=seed, verbose=verbose, history=history)
+    settings = {"method": method, "rate": rate, "criterion": criterion, "schedule": schedule,
+                "layer_rates": layer_rates or {}, "fine_tune_epochs": fine_tune_epochs,
+                "skip_first": skip_first, "seed": seed}
+    if method == "seed":
+        specs = {name: "seed" for name in masks}
+    else:
+        from edgecomp import weight_sharing
+        bits_map = weight_sharing.parse_bits(bits)
+        shared = weight_sharing.share_weights(model, bits=bits_map, init=init, seed=seed)
+        if x is not None and centroid_epochs > 0:
+            losses = weight_sharing.fine_tune_centroids(model, shared, x, y, epochs=centroid_epochs,
+                                                        batch_size=batch_size, seed=seed, verbose=verbose)
+            history.append({"stage": "centroids", "loss": losses[-1]})
+        specs = {name: codec.deep_spec(st, index_bits=index_bits, coder=coder) for name, st in shared.items()}
+        settings.update({"bits": bits_map, "init": init, "centroid_epochs": centroid_epochs,
+                         "index_bits": index_bits, "coder": coder})
+    settings.update(info or {})
+    container = store.encode_model(model, specs, info=settings)
+    return CompressedModel(model, masks, container, _report(model, container, masks), settings, history)

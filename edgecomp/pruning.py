@@ -16,6 +16,7 @@ momentum included) can move a pruned weight off zero.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 
 import numpy as np
 
@@ -77,31 +78,107 @@ def filter_mask(kernel: np.ndarray, rate: float) -> np.ndarray:
     return keep.reshape(w.shape)
 
 
-def prune(model, rate: float = 0.8, *, skip_first: bool = True) -> dict[str, np.ndarray]:
-    """Prune every prunable kernel of ``model`` per filter at ``rate``, in place.
+CRITERIA = ("filter", "layer", "global")
 
-    Returns the keep-masks keyed by variable path (``"fc1/kernel"``).
+
+def layer_mask(kernel: np.ndarray, rate: float) -> np.ndarray:
+    """Keep-mask that zeroes the ``floor(n * rate)`` smallest |w| of the whole tensor."""
+    rate = check_rate(rate)
+    flat = np.abs(np.asarray(kernel)).ravel()
+    keep = np.ones(flat.shape, dtype=bool)
+    n_drop = int(flat.size * rate)
+    if n_drop:
+        keep[np.argsort(flat, kind="stable")[:n_drop]] = False
+    return keep.reshape(np.shape(kernel))
+
+
+def rate_for(path: str, rate: float, rates: dict[str, float] | None) -> float:
+    """The rate for weight ``path``: the first matching glob in ``rates`` (``"fc1/*"``), else ``rate``."""
+    for pattern, r in (rates or {}).items():
+        if fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path.split("/")[0], pattern):
+            return check_rate(r)
+    return rate
+
+
+def parse_rates(spec: str | None) -> dict[str, float]:
+    """``"fc1=0.95,block1_*=0.5"`` -> ``{"fc1": 0.95, "block1_*": 0.5}``."""
+    out = {}
+    for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+        key, sep, val = part.partition("=")
+        try:
+            out[key.strip()] = check_rate(float(val)) if sep else None
+        except ValueError:
+            out[key.strip()] = None
+        if out[key.strip()] is None:
+            raise EdgecompError(f"bad per-layer rate {part!r}", fix="write e.g. --layer-rates fc1=0.95,block1_*=0.5")
+    return out
+
+
+def compute_masks(model, rate: float = 0.8, *, criterion: str = "filter", rates: dict[str, float] | None = None,
+                  skip_first: bool = True) -> dict[str, np.ndarray]:
+    """Keep-masks for every prunable kernel from the current weights (nothing is changed).
+
+    ``criterion``: ``filter`` (the seed's: per output filter), ``layer`` (per tensor) or
+    ``global`` (one magnitude threshold over all pruned kernels, so layers end up with
+    different sparsities). ``rates`` overrides the rate per weight path or layer-name glob
+    (for ``global``, matching layers are pruned per layer at their own rate).
     """
     rate = check_rate(rate)
-    masks = {}
-    for var in prunable_kernels(model, skip_first=skip_first):
+    if criterion not in CRITERIA:
+        raise EdgecompError(f"unknown pruning criterion '{criterion}'", fix=f"use one of: {', '.join(CRITERIA)}")
+    kernels = prunable_kernels(model, skip_first=skip_first)
+    weights = {}
+    for var in kernels:
         w = np.asarray(var.numpy())
         if not np.isfinite(w).all():
             raise EdgecompError(f"weights of {var.path} contain NaN or Inf",
                                 fix="retrain the model; compression needs finite weights")
-        mask = filter_mask(w, rate)
-        var.assign(np.where(mask, w, 0).astype(w.dtype))
-        masks[var.path] = mask
+        weights[var.path] = w
+    masks = {}
+    pooled = [p for p in weights if criterion == "global" and not any(
+        fnmatch.fnmatchcase(p, pat) or fnmatch.fnmatchcase(p.split("/")[0], pat) for pat in (rates or {}))]
+    if pooled:
+        mags = np.concatenate([np.abs(weights[p]).ravel() for p in pooled])
+        n_drop = int(mags.size * rate)
+        threshold = np.partition(mags, n_drop - 1)[n_drop - 1] if n_drop else -1.0
+        for p in pooled:
+            masks[p] = np.abs(weights[p]) > threshold
+    for path, w in weights.items():
+        if path not in masks:
+            r = rate_for(path, rate, rates)
+            masks[path] = filter_mask(w, r) if criterion == "filter" else layer_mask(w, r)
+    return masks
+
+
+def apply_masks(model, masks: dict[str, np.ndarray]) -> None:
+    """Zero the weights that ``masks`` drop (in place)."""
+    by_path = {v.path: v for v in model.weights}
+    for path, mask in masks.items():
+        var = by_path[path]
+        var.assign(np.where(mask, var.numpy(), 0).astype(var.dtype))
+
+
+def prune(model, rate: float = 0.8, *, skip_first: bool = True, criterion: str = "filter",
+          rates: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Prune every prunable kernel of ``model`` at ``rate``, in place (the seed's per-filter
+    criterion by default). Returns the keep-masks keyed by variable path (``"fc1/kernel"``).
+    """
+    masks = compute_masks(model, rate, criterion=criterion, rates=rates, skip_first=skip_first)
+    apply_masks(model, masks)
     return masks
 
 
 class _MaskConstraint:
-    """Keras constraint: multiply by a fixed 0/1 mask, after any earlier constraint."""
+    """Keras constraint: multiply by a 0/1 mask held in a variable (so a schedule can change it
+    between steps without retracing), after any earlier constraint."""
 
     def __init__(self, mask, inner=None):
         import keras
-        self.mask = keras.ops.convert_to_tensor(mask.astype("float32"))
+        self.mask = keras.Variable(mask.astype("float32"), trainable=False, name="prune_mask")
         self.inner = inner
+
+    def set(self, mask):
+        self.mask.assign(mask.astype("float32"))
 
     def __call__(self, w):
         if self.inner is not None:
@@ -129,7 +206,7 @@ def hold_masks(model, masks: dict[str, np.ndarray]):
         var.constraint = _MaskConstraint(mask, inner=var.constraint)
         var.assign(np.where(mask, var.numpy(), 0).astype(var.dtype))
     try:
-        yield model
+        yield {path: by_path[path].constraint for path in masks}
     finally:
         for path, constraint in saved.items():
             by_path[path].constraint = constraint
@@ -145,3 +222,116 @@ def sparsity_report(model, masks: dict[str, np.ndarray]) -> list[dict]:
             rows.append({"name": var.path, "shape": list(w.shape), "params": int(w.size),
                          "kept": kept, "sparsity": 1.0 - kept / w.size})
     return rows
+
+
+SCHEDULES = ("oneshot", "iterative", "gradual")
+
+
+def parse_schedule(spec: str) -> tuple[str, int]:
+    """``"oneshot"``, ``"iterative"`` / ``"iterative:4"`` (steps), ``"gradual"`` / ``"gradual:20"``
+    (mask updates) -> ``(kind, steps)``."""
+    kind, _, steps = str(spec).partition(":")
+    if kind not in SCHEDULES or (steps and not steps.isdigit()) or (steps and int(steps) < 1):
+        raise EdgecompError(f"bad pruning schedule {spec!r}",
+                            fix="use oneshot, iterative[:STEPS] or gradual[:UPDATES]")
+    default = {"oneshot": 1, "iterative": 3, "gradual": 10}[kind]
+    return kind, int(steps) if steps else default
+
+
+def cubic_rate(step: int, total: int, final_rate: float) -> float:
+    """Zhu & Gupta's gradual schedule: ``final * (1 - (1 - step/total)**3)``, reaching ``final`` at ``total``."""
+    t = min(max(step / max(total, 1), 0.0), 1.0)
+    return final_rate * (1.0 - (1.0 - t) ** 3)
+
+
+def gradual_pruning_callback(model, constraints: dict, final_rate: float, total_steps: int, updates: int,
+                             **mask_options):
+    """A Keras callback that raises the sparsity along :func:`cubic_rate` during ``fit``.
+
+    It recomputes the masks ``updates`` times over the first 75% of ``total_steps`` batches
+    (the last quarter fine-tunes at ``final_rate``) and writes them into the constraints made by
+    :func:`hold_masks`, so pruned weights stay exactly 0 between updates.
+    """
+    import keras
+
+    end = max(1, int(0.75 * total_steps))
+    every = max(1, end // max(1, updates))
+
+    class GradualPruning(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.step = 0
+            self.rate = 0.0
+
+        def _update(self, rate):
+            masks = compute_masks(model, rate, **mask_options)
+            for path, mask in masks.items():
+                constraints[path].set(mask)
+            apply_masks(model, masks)
+            self.rate = rate
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.step % every == 0 and self.step <= end:
+                self._update(cubic_rate(self.step, end, final_rate))
+            self.step += 1
+
+        def on_train_end(self, logs=None):
+            if self.rate != final_rate:
+                self._update(final_rate)
+
+    return GradualPruning()
+
+
+def block_mask(kernel: np.ndarray, rate: float, block: tuple[int, int] = (16, 1),
+               norm: str = "l2") -> np.ndarray:
+    """Keep-mask that prunes whole ``block``-shaped groups of weights, per output unit.
+
+    Rows are the kernel's input dimension (all leading axes flattened; for a Keras
+    ``Dense`` kernel ``(in, out)`` that is ``in``), columns its output units (the
+    last axis). ``block=(16, 1)`` groups 16 consecutive input rows of one output
+    unit: exactly the 1x16 blocks of LiteRT's int8 sparse FULLY_CONNECTED kernel
+    (its weights are stored ``(out, in)``); ``(4, 1)`` are the float kernel's 1x4
+    blocks, and every (16, 1)-block mask is also a (4, 1)-block mask. In each
+    column of blocks the ``floor(n_blocks * rate)`` blocks with the smallest
+    magnitude (``norm="l2"``: root mean square, ``"l1"``: mean absolute value, so a
+    short last block is scored fairly) are pruned; ties go by position. A
+    dimension that is not a multiple of its block size ends in a short block
+    (LiteRT then stores the tensor as plain CSR with a DENSIFY op, so prefer sizes
+    that divide). LiteRT has no sparse conv kernel: on a conv kernel this only
+    shapes the pattern.
+
+    Example:
+        >>> w = np.array([[0.1], [0.2], [3.0], [-4.0]])
+        >>> block_mask(w, 0.5, block=(2, 1))[:, 0]
+        array([False, False,  True,  True])
+    """
+    rate = check_rate(rate)
+    w = np.asarray(kernel, dtype=np.float64)
+    if w.ndim < 2:
+        raise EdgecompError(f"cannot block-prune a {w.ndim}-d tensor", fix="prune kernels only")
+    try:
+        br, bc = (int(b) for b in block)
+    except (TypeError, ValueError):
+        raise EdgecompError(f"block must be two sizes (rows, cols), got {block!r}",
+                            fix="pass e.g. block=(16, 1)") from None
+    if br < 1 or bc < 1:
+        raise EdgecompError(f"block sizes must be >= 1, got {block!r}", fix="pass e.g. block=(16, 1)")
+    if norm not in ("l1", "l2"):
+        raise EdgecompError(f"unknown block norm '{norm}'", fix="use 'l1' or 'l2'")
+    flat = w.reshape(-1, w.shape[-1])
+    rows, cols = flat.shape
+    nrb, ncb = -(-rows // br), -(-cols // bc)
+    padded = np.zeros((nrb * br, ncb * bc))
+    real = np.zeros_like(padded)
+    padded[:rows, :cols] = flat ** 2 if norm == "l2" else np.abs(flat)
+    real[:rows, :cols] = 1.0
+    total = padded.reshape(nrb, br, ncb, bc).sum(axis=(1, 3))
+    count = real.reshape(nrb, br, ncb, bc).sum(axis=(1, 3))
+    score = total / count  # mean square (l2) or mean |w| (l1): same order as the block norm
+    keep = np.ones((nrb, ncb), dtype=bool)
+    n_drop = int(nrb * rate)
+    if n_drop:
+        order = np.argsort(score, axis=0, kind="stable")[:n_drop]
+        np.put_along_axis(keep, order, False, axis=0)
+    full = np.repeat(np.repeat(keep, br, axis=0), bc, axis=1)[:rows, :cols]
+    return full.reshape(w.shape)

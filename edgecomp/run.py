@@ -29,8 +29,8 @@ class RunConfig:
     data: str = "fashion_mnist"
     data_dir: str | None = None
     rate: float = 0.8
+    compression: dict = dataclasses.field(default_factory=lambda: {"method": "seed", "fine_tune_epochs": 1})
     epochs: int = 2
-    fine_tune_epochs: int = 1
     train_size: int | None = 30000
     test_size: int | None = None
     batch_size: int = 64
@@ -110,10 +110,10 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
                                             calibration=calib, check_x=check_x, check_y=check_y)]
 
     from edgecomp.pipeline import compress
-    _log(cfg, f"pruning at rate {cfg.rate} and fine-tuning {cfg.fine_tune_epochs} epoch(s) with masks held")
-    result = compress(model, ds, rate=cfg.rate, fine_tune_epochs=cfg.fine_tune_epochs,
-                      batch_size=cfg.batch_size, seed=cfg.seed, verbose=cfg.verbose,
-                      info={"model": cfg.model, "data": cfg.data})
+    copts = dict(cfg.compression)
+    _log(cfg, f"compressing ({copts.get('method', 'seed')}) at rate {cfg.rate}, fine-tuning with masks held")
+    result = compress(model, ds, rate=cfg.rate, batch_size=cfg.batch_size, seed=cfg.seed, verbose=cfg.verbose,
+                      info={"model": cfg.model, "data": cfg.data}, **copts)
     pruned_acc = train.evaluate(result.model, ds.x_test, ds.y_test)
     ecz_path = out / "compressed.ecz"
     result.save(ecz_path)
@@ -144,7 +144,7 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
             {"name": "baseline", "file": str(base_path), "params": int(sum(w.size for w in base_weights.values())),
              "nonzeros": int(sum(np.count_nonzero(w) for w in base_weights.values())),
              "accuracy": base_acc, "storage_bytes": fp32_bytes, "ratio": 1.0},
-            {"name": f"compressed (seed, rate {cfg.rate})", "file": str(ecz_path), "params": result.params,
+            {"name": f"compressed ({result.settings['method']}, rate {cfg.rate})", "file": str(ecz_path), "params": result.params,
              "nonzeros": int(sum(np.count_nonzero(w) for w in dec_weights.values())),
              "accuracy": comp_acc, "accuracy_before_quantization": pruned_acc,
              "storage_bytes": result.bytes, "ratio": fp32_bytes / result.bytes},

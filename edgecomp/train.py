@@ -24,14 +24,15 @@ def compile_model(model, learning_rate: float = 1e-3):
 
 
 def fit(model, x, y, *, epochs: int = 1, batch_size: int = 64, seed: int = 0, verbose: int = 1,
-        learning_rate: float = 1e-3):
+        learning_rate: float = 1e-3, callbacks=None):
     """Fit ``model`` on ``(x, y)`` with a fixed shuffling seed; returns the history dict."""
     import keras
     keras.utils.set_random_seed(seed)
     compile_model(model, learning_rate)
     if epochs <= 0:
         return {}
-    return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=_progress(verbose), shuffle=True).history
+    return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=_progress(verbose), shuffle=True,
+                     callbacks=callbacks).history
 
 
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
