@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, default=1, help="runtime threads for latency (default: 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", default="runs/latest", help="output folder (default: runs/latest)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue after the last finished stage in --out (same flags as the first run)")
 
     p = sub.add_parser("compress", help="prune, fine-tune, share and store a .keras model as a .ecz container")
     p.add_argument("model", help="a .keras file")
@@ -130,12 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-model", action="store_true")
     p.add_argument("-o", "--out", required=True, help="output folder")
 
-    p = sub.add_parser("bench", help="latency, size and accuracy of model files, each in a fresh process")
-    p.add_argument("paths", nargs="+", help="files or folders of .keras, .tflite, .onnx")
+    p = sub.add_parser("bench", help="latency, size, accuracy and parity of model files on target "
+                       "profiles, each measured in a fresh process")
+    p.add_argument("paths", nargs="+", help="files or folders of .keras, .ecz, .tflite, .onnx")
     _add_data(p)
-    p.add_argument("--threads", default="1", help="comma-separated thread counts (default: 1)")
-    p.add_argument("--batch", type=_positive, default=1)
-    p.add_argument("--runs", type=_positive, default=200)
+    p.add_argument("--target", default="desktop",
+                   help="comma-separated profiles: desktop (all cores unless --threads), mobile-big / "
+                        "mobile-little (1 thread pinned to the fastest / slowest core), android (a "
+                        "phone over adb running benchmark_model) (default: desktop)")
+    p.add_argument("--threads", default=None,
+                   help="comma-separated thread counts for targets that do not fix them "
+                        "(default: desktop all cores, android 1)")
+    p.add_argument("--batch", type=_positive, default=1, help="latency batch size (default: 1)")
+    p.add_argument("--runs", type=_positive, default=200, help="minimum timed runs per row (default: 200)")
+    p.add_argument("--warmup", type=_positive, default=10, help="untimed warm-up runs (default: 10)")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="minimum seconds of timed runs per row (default: 1.0)")
+    p.add_argument("--task", choices=("classification", "segmentation", "none"), default="classification",
+                   help="accuracy to report: top-1, or pixel accuracy + mean IoU (default: classification)")
+    p.add_argument("--reference", default=None,
+                   help="a .keras/.ecz model to compare outputs with (max abs diff, top-1 agreement)")
     p.add_argument("-o", "--out", default="runs/bench", help="output folder for bench.json/csv/md and plots")
     return parser
 
@@ -165,7 +181,7 @@ def cmd_run(args):
                       epochs=args.epochs, train_size=args.train_size,
                       test_size=args.test_size, batch_size=args.batch_size, latency_runs=args.latency_runs,
                       threads=args.threads, out=args.out, seed=args.seed,
-                      command=" ".join(["edgecomp", *sys.argv[1:]])))
+                      command=" ".join(["edgecomp", *sys.argv[1:]]), resume=args.resume))
 
 
 def cmd_compress(args):
@@ -224,43 +240,79 @@ def cmd_bench(args):
     from pathlib import Path
     from edgecomp import io
     from edgecomp.errors import EdgecompError
+    from edgecomp.report import text_table
 
+    suffixes = (".tflite", ".onnx", ".keras", ".ecz")
     files = []
     for p in args.paths:
         path = Path(p)
         if path.is_dir():
-            files += sorted(f for f in path.iterdir() if f.suffix in (".tflite", ".onnx", ".keras"))
+            files += sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
         else:
-            files.append(path)
+            files.append(path)  # a missing or unreadable file becomes an error row
     if not files:
-        raise EdgecompError("no .keras, .tflite or .onnx files found in the given paths", fix="check the paths")
-    try:
-        threads = tuple(int(t) for t in args.threads.split(","))
-    except ValueError:
-        raise EdgecompError(f"--threads must be comma-separated numbers, got {args.threads!r}",
-                            fix="e.g. --threads 1,2") from None
+        raise EdgecompError("no .keras, .ecz, .tflite or .onnx files found in the given paths",
+                            fix="check the paths")
+    targets = [runtime_bench.get_target(t) for t in args.target.split(",") if t.strip()]
+    threads = None
+    if args.threads is not None:
+        try:
+            threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+        except ValueError:
+            raise EdgecompError(f"--threads must be comma-separated numbers, got {args.threads!r}",
+                                fix="e.g. --threads 1,2") from None
+        if not threads or min(threads) < 1:
+            raise EdgecompError(f"--threads must be 1 or more, got {args.threads!r}", fix="e.g. --threads 1,2")
     out = io.ensure_dir(args.out)
     ds = _data(args)
-    records = runtime_bench.bench_files(files, ds.x_test, ds.y_test, batch=args.batch, threads=threads,
-                                        runs=args.runs)
-    runtime_bench.write_report(records, out)
+    records = runtime_bench.bench_files(
+        files, ds.x_test, ds.y_test, targets=targets, threads=threads, batch=args.batch, runs=args.runs,
+        warmup=args.warmup, min_time_s=args.min_time, task=None if args.task == "none" else args.task,
+        reference=args.reference)
+    paths = runtime_bench.write_report(records, out)
+    cell = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    rows = [[r["name"], r["target"] or "", str(r["threads"]), cell(r["median_ms"], ".4g"),
+             cell(r["p90_ms"], ".4g"), cell(r["peak_rss_mb"], ".1f"), cell(r["accuracy"], ".4f"),
+             (r["error"] or "")[:60]] for r in records]
+    print(text_table(["artifact", "target", "threads", "median ms", "p90 ms", "peak MB", "accuracy", "error"],
+                     rows))
+    failed = sum(1 for r in records if r["error"])
+    print(f"\n{len(records)} rows ({failed} with errors); wrote {paths['json']}, {paths['csv'].name}, "
+          f"{paths['md'].name}, {paths['latency_png'].name}, {paths['accuracy_png'].name}")
 
 
 COMMANDS = {"run": cmd_run, "compress": cmd_compress, "evaluate": cmd_evaluate, "export": cmd_export,
             "bench": cmd_bench}
 
 
+def _stop_on_sigterm():
+    """Turn SIGTERM into KeyboardInterrupt, so both stop through the same clean path."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a test runner thread)
+        pass
+
+
 def main(argv=None) -> int:
     from edgecomp.errors import EdgecompError
 
     args = build_parser().parse_args(argv)
+    _stop_on_sigterm()
     try:
         COMMANDS[args.command](args)
     except EdgecompError as exc:
         print(f"edgecomp: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("edgecomp: interrupted; outputs written so far are complete, nothing is half-written",
+        hint = ""
+        if args.command == "run":
+            hint = f"; resume with: edgecomp run --resume -o {args.out} (and the same flags)"
+        print(f"edgecomp: interrupted; every finished stage is saved and nothing is half-written{hint}",
               file=sys.stderr)
         return 130
     return 0

@@ -80,29 +80,42 @@ def _report(model, container: bytes, masks) -> list[dict]:
 
 
 def _prune_and_fine_tune(model, x, y, *, rate, criterion, layer_rates, schedule, fine_tune_epochs,
-                         batch_size, skip_first, seed, verbose, history):
+                         batch_size, skip_first, seed, verbose, history, checkpoints):
     kind, steps = pruning.parse_schedule(schedule)
     opts = dict(criterion=criterion, rates=layer_rates, skip_first=skip_first)
     fit = x is not None and fine_tune_epochs > 0
+    if checkpoints is not None and checkpoints.done("pruned"):
+        history.extend(checkpoints.info("pruned")["history"])
+        return {k: v.astype(bool) for k, v in checkpoints.load("pruned", model).items()}
     if kind == "gradual" and fit:
         masks = {k: np.ones(v.shape, bool) for k, v in
                  ((k.path, k) for k in pruning.prunable_kernels(model, skip_first=skip_first))}
         total = fine_tune_epochs * int(np.ceil(len(x) / batch_size))
         with pruning.hold_masks(model, masks) as constraints:
             cb = pruning.gradual_pruning_callback(model, constraints, rate, total, steps, **opts)
-            h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed,
+            h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed + 1,
                           verbose=verbose, callbacks=[cb])
             history.append({"stage": "gradual", "rate": rate, **{k: v[-1] for k, v in h.items()}})
-        return pruning.compute_masks(model, rate, **opts)
+        masks = pruning.compute_masks(model, rate, **opts)
+        if checkpoints is not None:
+            checkpoints.save("pruned", model, masks, info={"history": history})
+        return masks
     rates = [rate * (i + 1) / steps for i in range(steps)] if kind == "iterative" else [rate]
     masks = {}
-    for r in rates:
+    for i, r in enumerate(rates, 1):
+        stage = f"prune-{i}"
+        if checkpoints is not None and checkpoints.done(stage):
+            masks = {k: v.astype(bool) for k, v in checkpoints.load(stage, model).items()}
+            history.append(checkpoints.info(stage))
+            continue
         masks = pruning.prune(model, r, **opts)
         if fit:
             with pruning.hold_masks(model, masks):
-                h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed,
+                h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed + i,
                               verbose=verbose)
-            history.append({"stage": "prune", "rate": r, **{k: v[-1] for k, v in h.items()}})
+            history.append({"stage": stage, "rate": r, **{k: v[-1] for k, v in h.items()}})
+        if checkpoints is not None:
+            checkpoints.save(stage, model, masks, info=history[-1] if fit else {"stage": stage, "rate": r})
     return masks
 
 
@@ -111,7 +124,7 @@ def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", crite
              fine_tune_epochs: int = 1, bits="conv=8,dense=5", init: str = "linear",
              centroid_epochs: int = 1, index_bits: int | None = None, coder: str = "huffman",
              batch_size: int = 64, skip_first: bool = True, seed: int = 0, verbose: int = 1,
-             info: dict | None = None) -> CompressedModel:
+             info: dict | None = None, checkpoints=None) -> CompressedModel:
     """Compress ``model`` in place and return a :class:`CompressedModel`.
 
     ``data`` is a :class:`~edgecomp.data.Dataset` or an ``(x, y)`` pair for fine-tuning; with
@@ -123,6 +136,9 @@ def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", crite
     Deep: ``bits`` per layer kind or glob (``"conv=8,dense=5"``), k-means ``init``,
     ``centroid_epochs`` of centroid fine-tuning, ``index_bits`` for the relative index
     (None: the codec's default), and the entropy ``coder``.
+
+    ``checkpoints`` (an :class:`edgecomp.checkpoint.Checkpoints`) saves each finished stage
+    (every pruning step, the trained centroids) and skips the stages it already holds.
     """
     rate = pruning.check_rate(rate)
     if method not in METHODS:
@@ -137,7 +153,8 @@ def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", crite
     history: list[dict] = []
     masks = _prune_and_fine_tune(model, x, y, rate=rate, criterion=criterion, layer_rates=layer_rates,
                                  schedule=schedule, fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
-                                 skip_first=skip_first, seed=seed, verbose=verbose, history=history)
+                                 skip_first=skip_first, seed=seed, verbose=verbose, history=history,
+                                 checkpoints=checkpoints)
     settings = {"method": method, "rate": rate, "criterion": criterion, "schedule": schedule,
                 "layer_rates": layer_rates or {}, "fine_tune_epochs": fine_tune_epochs,
                 "skip_first": skip_first, "seed": seed}
@@ -146,11 +163,26 @@ def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", crite
     else:
         from edgecomp import weight_sharing
         bits_map = weight_sharing.parse_bits(bits)
-        shared = weight_sharing.share_weights(model, bits=bits_map, init=init, seed=seed)
-        if x is not None and centroid_epochs > 0:
-            losses = weight_sharing.fine_tune_centroids(model, shared, x, y, epochs=centroid_epochs,
-                                                        batch_size=batch_size, seed=seed, verbose=verbose)
-            history.append({"stage": "centroids", "loss": losses[-1]})
+        if checkpoints is not None and checkpoints.done("centroids"):
+            arrays = checkpoints.load("centroids", model)
+            shared = {p: weight_sharing.SharedTensor(arrays[p + "|codebook"], arrays[p + "|assignment"], b)
+                      for p, b in checkpoints.info("centroids")["bits"].items()}
+            history.append(checkpoints.info("centroids")["history"])
+        else:
+            shared = weight_sharing.share_weights(model, bits=bits_map, init=init, seed=seed)
+            entry = {"stage": "centroids", "epochs": 0}
+            if x is not None and centroid_epochs > 0:
+                losses = weight_sharing.fine_tune_centroids(model, shared, x, y, epochs=centroid_epochs,
+                                                            batch_size=batch_size, seed=seed + 100,
+                                                            verbose=verbose)
+                entry = {"stage": "centroids", "epochs": centroid_epochs, "loss": losses[-1]}
+            history.append(entry)
+            if checkpoints is not None:
+                arrays = {}
+                for p, st in shared.items():
+                    arrays[p + "|codebook"], arrays[p + "|assignment"] = st.codebook, st.assignment
+                checkpoints.save("centroids", model, arrays,
+                                 info={"bits": {p: st.bits for p, st in shared.items()}, "history": entry})
         specs = {name: codec.deep_spec(st, index_bits=index_bits, coder=coder) for name, st in shared.items()}
         settings.update({"bits": bits_map, "init": init, "centroid_epochs": centroid_epochs,
                          "index_bits": index_bits, "coder": coder})

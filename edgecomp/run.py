@@ -43,6 +43,12 @@ class RunConfig:
     seed: int = 0
     verbose: int = 1
     command: str = "edgecomp run"
+    resume: bool = False
+
+    def fingerprint(self) -> dict:
+        """The settings that decide the results (a resumed run must match them)."""
+        skip = {"verbose", "command", "resume", "latency_runs", "threads", "out"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 def _log(cfg: RunConfig, msg: str):
@@ -92,28 +98,48 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     ds = load_dataset(cfg.data, data_dir=cfg.data_dir).take(cfg.train_size, cfg.test_size).check()
     _log(cfg, f"{len(ds.x_train)} train / {len(ds.x_test)} test samples of {ds.input_shape} from {ds.source}")
 
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes, **cfg.model_options)
-    _log(cfg, f"training {cfg.model} ({model.count_params():,} params) for {cfg.epochs} epoch(s)")
-    train.fit(model, ds.x_train, ds.y_train, epochs=cfg.epochs, batch_size=cfg.batch_size,
-              seed=cfg.seed, verbose=cfg.verbose)
-    base_acc = train.evaluate(model, ds.x_test, ds.y_test)
-    base_weights = store.model_weights(model)
+    from edgecomp.checkpoint import Checkpoints
+    from edgecomp.models import load_keras_model
+
+    ck = Checkpoints(out / "checkpoints", cfg.fingerprint(), resume=cfg.resume)
     base_path = out / "baseline.keras"
-    with io.atomic_path(base_path) as tmp:
-        model.save(tmp)
-    _log(cfg, f"baseline test accuracy {base_acc:.2%}")
+    if ck.done("baseline") and base_path.is_file():
+        model = load_keras_model(base_path)
+        base_acc = ck.info("baseline")["accuracy"]
+        _log(cfg, f"resumed: baseline from {base_path} ({base_acc:.2%})")
+    else:
+        import keras
+        keras.utils.set_random_seed(cfg.seed)  # the initial weights
+        model = build_model(cfg.model, ds.input_shape, ds.num_classes, **cfg.model_options)
+        _log(cfg, f"training {cfg.model} ({model.count_params():,} params) for {cfg.epochs} epoch(s)")
+        train.fit(model, ds.x_train, ds.y_train, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                  seed=cfg.seed, verbose=cfg.verbose)
+        base_acc = train.evaluate(model, ds.x_test, ds.y_test)
+        with io.atomic_path(base_path) as tmp:
+            model.save(tmp)
+        ck.mark("baseline", {"accuracy": base_acc})
+        _log(cfg, f"baseline test accuracy {base_acc:.2%}")
+    base_weights = store.model_weights(model)
 
     # Baseline fp32 TFLite: the reference size for the compressed artifacts.
     calib = ds.x_train[:cfg.calibration_size]
     check_x, check_y = ds.x_test[:cfg.parity_size], ds.y_test[:cfg.parity_size]
-    artifacts = [exporters.export_and_check(model, "tflite", "fp32", out / "baseline_fp32.tflite",
-                                            calibration=calib, check_x=check_x, check_y=check_y)]
+
+    def export_stage(m, fmt, variant, path):
+        stage = f"export-{path.name}"
+        if ck.done(stage) and path.is_file():
+            return exporters.Artifact(**{**ck.info(stage), "path": path})
+        art = exporters.export_and_check(m, fmt, variant, path, calibration=calib, check_x=check_x, check_y=check_y)
+        ck.mark(stage, {k: v for k, v in art.to_dict().items() if k != "path"})
+        return art
+
+    artifacts = [export_stage(model, "tflite", "fp32", out / "baseline_fp32.tflite")]
 
     from edgecomp.pipeline import compress
     copts = dict(cfg.compression)
     _log(cfg, f"compressing ({copts.get('method', 'seed')}) at rate {cfg.rate}, fine-tuning with masks held")
     result = compress(model, ds, rate=cfg.rate, batch_size=cfg.batch_size, seed=cfg.seed, verbose=cfg.verbose,
-                      info={"model": cfg.model, "data": cfg.data}, **copts)
+                      info={"model": cfg.model, "data": cfg.data}, checkpoints=ck, **copts)
     pruned_acc = train.evaluate(result.model, ds.x_test, ds.y_test)
     ecz_path = out / "compressed.ecz"
     result.save(ecz_path)
@@ -129,8 +155,7 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
         fmt, _, variant = spec.partition(":")
         suffix = {"tflite": ".tflite", "onnx": ".onnx"}.get(fmt, "." + fmt)
         _log(cfg, f"exporting {fmt} {variant} and checking parity on {len(check_x)} test images")
-        artifacts.append(exporters.export_and_check(decoded, fmt, variant, out / f"compressed_{variant}{suffix}",
-                                                    calibration=calib, check_x=check_x, check_y=check_y))
+        artifacts.append(export_stage(decoded, fmt, variant, out / f"compressed_{variant}{suffix}"))
 
     _log(cfg, f"benchmarking {len(artifacts)} artifacts (batch 1, {cfg.threads} thread(s), each in a fresh process)")
     records = runtime_bench.bench_files([a.path for a in artifacts], ds.x_test, ds.y_test, batch=1,

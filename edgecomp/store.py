@@ -37,7 +37,11 @@ def model_weights(model) -> dict[str, np.ndarray]:
 
 def encode_model(model, methods: dict[str, str] | None = None, info: dict | None = None) -> bytes:
     """Container bytes for ``model``: architecture config, weights coded per ``methods``."""
-    meta = {"format": FORMAT_NAME, "keras_config": json.loads(model.to_json()), "info": info or {}}
+    config = json.loads(model.to_json())
+    # The architecture only: training settings (optimizer, loss, with process-global counters
+    # in their names) are not part of the model and would make the bytes depend on history.
+    config.pop("compile_config", None)
+    meta = {"format": FORMAT_NAME, "keras_config": config, "info": info or {}}
     return codec.encode_weights(model_weights(model), methods, meta)
 
 

@@ -23,11 +23,23 @@ def compile_model(model, learning_rate: float = 1e-3):
     return model
 
 
+def reset_rng(model, seed: int = 0) -> None:
+    """Seed Keras's global RNG and every SeedGenerator of ``model`` (Dropout's) from ``seed``.
+
+    Each training stage starts from here, so a stage computes the same thing whether the
+    model went through earlier stages in this process or was loaded from a checkpoint.
+    """
+    import keras
+    keras.utils.set_random_seed(seed)
+    gens = [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
+    for i, var in enumerate(gens):
+        var.assign(np.array([seed + i + 1, 0], dtype=var.dtype))
+
+
 def fit(model, x, y, *, epochs: int = 1, batch_size: int = 64, seed: int = 0, verbose: int = 1,
         learning_rate: float = 1e-3, callbacks=None):
     """Fit ``model`` on ``(x, y)`` with a fixed shuffling seed; returns the history dict."""
-    import keras
-    keras.utils.set_random_seed(seed)
+    reset_rng(model, seed)
     compile_model(model, learning_rate)
     if epochs <= 0:
         return {}

@@ -172,9 +172,11 @@ def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs:
     import keras
     import tensorflow as tf
 
+    from edgecomp.train import reset_rng
+
     if epochs <= 0 or not shared:
         return []
-    keras.utils.set_random_seed(seed)
+    reset_rng(model, seed)
     trainable = list(model.trainable_variables)
     paths = [v.path for v in trainable]
     missing = sorted(set(shared) - set(paths))

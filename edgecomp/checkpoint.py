@@ -1,0 +1,75 @@
+"""Stage checkpoints for long runs, so ``--resume`` continues after the last finished stage.
+
+A stage's checkpoint is the model's exact float32 weights (an ``.ecz`` container with raw
+tensors) plus optional named arrays (masks, codebooks) in an ``.npz`` (no pickle), written
+atomically; ``state.json`` lists the finished stages and the settings they were made with.
+Each stage starts from a fixed seed, so a resumed run computes what an uninterrupted one does.
+
+    >>> ck = Checkpoints("runs/x/checkpoints", settings={"rate": 0.8}, resume=True)
+    >>> if ck.done("prune-1"): masks = ck.load("prune-1", model)
+    ... else: masks = ...; ck.save("prune-1", model, masks)
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgecomp import codec, io, store
+from edgecomp.errors import EdgecompError
+
+
+class Checkpoints:
+    def __init__(self, folder: str | os.PathLike, settings: dict, resume: bool = False):
+        self.folder = io.ensure_dir(folder)
+        self.state_path = self.folder / "state.json"
+        settings = json.loads(json.dumps(settings))  # normalise tuples etc.
+        state = None
+        if resume and self.state_path.is_file():
+            try:
+                state = json.loads(self.state_path.read_text())
+            except ValueError:
+                raise EdgecompError(f"checkpoint state {self.state_path} is damaged",
+                                    fix="start again without --resume, or into a new --out folder") from None
+            if state.get("settings") != settings:
+                raise EdgecompError("the checkpoints in this folder were made with other settings",
+                                    fix="resume with the same flags, or use a new --out folder")
+        self.state = state or {"settings": settings, "stages": {}}
+        if not resume:
+            self._write()
+
+    def _write(self):
+        io.write_json(self.state_path, self.state)
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["stages"]
+
+    def info(self, stage: str) -> dict:
+        return self.state["stages"][stage]
+
+    def mark(self, stage: str, info: dict | None = None):
+        """Record a stage as finished (its files must already be written)."""
+        self.state["stages"][stage] = info or {}
+        self._write()
+
+    def save(self, stage: str, model, arrays: dict[str, np.ndarray] | None = None, info: dict | None = None):
+        io.write_bytes(self.folder / f"{stage}.ecz", codec.encode_weights(store.model_weights(model)))
+        buf = _io.BytesIO()
+        names = list((arrays or {}).keys())
+        np.savez(buf, names=np.array(names, dtype=str), **{f"a{i}": np.asarray(arrays[n]) for i, n in enumerate(names)})
+        io.write_bytes(self.folder / f"{stage}.npz", buf.getvalue())
+        self.mark(stage, info)
+
+    def load(self, stage: str, model) -> dict[str, np.ndarray]:
+        """Set ``model``'s weights from the stage's checkpoint; return its named arrays."""
+        _, weights = codec.decode_weights((self.folder / f"{stage}.ecz").read_bytes())
+        by_path = {v.path: v for v in model.weights}
+        for name, value in weights.items():
+            by_path[name].assign(value)
+        with np.load(self.folder / f"{stage}.npz", allow_pickle=False) as z:
+            names = [str(n) for n in z["names"]]
+            return {n: z[f"a{i}"] for i, n in enumerate(names)}
