@@ -27,9 +27,7 @@ SEED_RATES = (0.5, 0.6, 0.7, 0.8, 0.9)
 #: Deep Compression settings: pruning (rate, criterion, schedule) + sharing (bits) + coding.
 DEEP_SETTINGS = (
     {"rate": 0.9, "criterion": "filter", "schedule": "iterative:2", "bits": "conv=8,dense=5"},
-    {"rate": 0.93, "criterion": "global", "schedule": "iterative:2", "bits": "conv=6,dense=4"},
-    {"rate": 0.95, "criterion": "global", "schedule": "iterative:3", "bits": "conv=6,dense=4"},
-    {"rate": 0.97, "criterion": "global", "schedule": "iterative:3", "bits": "conv=5,dense=4"},
+    {"rate": 0.95, "criterion": "global", "schedule": "iterative:2", "bits": "conv=6,dense=4"},
 )
 
 
