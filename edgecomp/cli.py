@@ -192,6 +192,7 @@ def cmd_compress(args):
     io.ensure_dir(os.path.dirname(os.path.abspath(args.out)))
     model = load_keras_model(args.model, trust=args.trust_model)
     ds = _data(args)
+    train.check_model_data(model, ds)
     result = compress(model, ds, batch_size=args.batch_size, **_compression_options(args))
     result.save(args.out)
     if args.report:
@@ -209,6 +210,7 @@ def cmd_evaluate(args):
     from edgecomp import train
     model = _load_any_model(args.model)
     ds = _data(args)
+    train.check_model_data(model, ds)
     print(f"{args.model}: test accuracy {train.evaluate(model, ds.x_test, ds.y_test):.2%} "
           f"on {len(ds.x_test)} samples of {ds.name}")
 
@@ -221,6 +223,8 @@ def cmd_export(args):
     out = io.ensure_dir(args.out)
     model = _load_any_model(args.model, trust=args.trust_model)
     ds = _data(args)
+    from edgecomp import train
+    train.check_model_data(model, ds)
     stem = os.path.splitext(os.path.basename(args.model))[0]
     arts = []
     for fmt in [f.strip() for f in args.format.split(",") if f.strip()]:

@@ -48,6 +48,11 @@ def atomic_path(target: str | os.PathLike):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
+    except OSError as exc:  # disk full, permissions, ...: one clear line, nothing left behind
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise EdgecompError(f"cannot write {target}: {exc.strerror or exc}",
+                            fix="free disk space or choose another --out") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

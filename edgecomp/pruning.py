@@ -106,11 +106,13 @@ def parse_rates(spec: str | None) -> dict[str, float]:
     for part in filter(None, (p.strip() for p in (spec or "").split(","))):
         key, sep, val = part.partition("=")
         try:
-            out[key.strip()] = check_rate(float(val)) if sep else None
+            rate = float(val) if sep else float("nan")
         except ValueError:
-            out[key.strip()] = None
-        if out[key.strip()] is None:
-            raise EdgecompError(f"bad per-layer rate {part!r}", fix="write e.g. --layer-rates fc1=0.95,block1_*=0.5")
+            rate = float("nan")
+        if not 0.0 <= rate < 1.0:
+            raise EdgecompError(f"bad per-layer rate {part!r}: each rate must be in [0, 1)",
+                                fix="write e.g. --layer-rates fc1=0.95,block1_*=0.5")
+        out[key.strip()] = rate
     return out
 
 

@@ -23,6 +23,21 @@ def compile_model(model, learning_rate: float = 1e-3):
     return model
 
 
+def check_model_data(model, data) -> None:
+    """Raise EdgecompError when ``data`` (a Dataset) doesn't fit ``model``'s input or output."""
+    from edgecomp.errors import EdgecompError
+
+    want = tuple(model.inputs[0].shape[1:])
+    got = tuple(data.x_train.shape[1:])
+    if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+        raise EdgecompError(f"the model takes inputs of shape {want} but dataset '{data.name}' has {got}",
+                            fix="use the dataset the model was trained on, or a model built for this data")
+    units = model.outputs[0].shape[-1]
+    if units is not None and data.task == "classification" and units != data.num_classes:
+        raise EdgecompError(f"the model predicts {units} classes but dataset '{data.name}' has {data.num_classes}",
+                            fix="use the dataset the model was trained on")
+
+
 def reset_rng(model, seed: int = 0) -> None:
     """Seed Keras's global RNG and every SeedGenerator of ``model`` (Dropout's) from ``seed``.
 

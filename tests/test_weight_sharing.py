@@ -45,7 +45,7 @@ def test_parse_bits_and_rates_and_schedule():
     with pytest.raises(EdgecompError, match="--bits"):
         parse_bits("conv")
     assert parse_rates("fc1=0.95,block1_*=0.5") == {"fc1": 0.95, "block1_*": 0.5}
-    with pytest.raises(EdgecompError, match="rate"):
+    with pytest.raises(EdgecompError, match="per-layer rate"):
         parse_rates("fc1=1.2")
     assert parse_schedule("iterative:4") == ("iterative", 4)
     assert parse_schedule("gradual") == ("gradual", 10)
