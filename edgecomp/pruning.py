@@ -22,8 +22,37 @@ import numpy as np
 
 from edgecomp.errors import EdgecompError
 
-#: Layer classes whose ``kernel`` is pruned (issue-specific kinds are added as they land).
-PRUNABLE_LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D")
+#: Prunable layer kinds: class name -> {weight attribute: axes that index one output filter}.
+#: Add a kind (a custom layer) with :func:`register_prunable`.
+PRUNABLE: dict[str, dict[str, tuple[int, ...]]] = {
+    "Dense": {"kernel": (-1,)},
+    "EinsumDense": {"kernel": (-1,)},
+    "Conv1D": {"kernel": (-1,)},
+    "Conv2D": {"kernel": (-1,)},
+    "Conv3D": {"kernel": (-1,)},
+    "Conv1DTranspose": {"kernel": (-2,)},        # (k, out, in)
+    "Conv2DTranspose": {"kernel": (-2,)},        # (h, w, out, in)
+    "Conv3DTranspose": {"kernel": (-2,)},
+    "DepthwiseConv1D": {"kernel": (-2, -1)},
+    "DepthwiseConv2D": {"kernel": (-2, -1)},     # (h, w, in, multiplier): one filter per pair
+    "SeparableConv1D": {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)},
+    "SeparableConv2D": {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)},
+    "Embedding": {"embeddings": (0,)},           # one token's vector per filter
+}
+PRUNABLE_LAYERS = tuple(PRUNABLE)
+
+
+def register_prunable(layer_class, weights: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Let edgecomp prune (and weight-share) a custom layer's weights.
+
+    ``weights`` maps attribute names to the axes that index one output filter
+    (default ``{"kernel": (-1,)}``, as for Dense and Conv).
+
+    Example:
+        >>> register_prunable(MyConv, {"kernel": (-1,)})
+    """
+    name = layer_class if isinstance(layer_class, str) else layer_class.__name__
+    PRUNABLE[name] = dict(weights or {"kernel": (-1,)})
 
 
 def check_rate(rate: float) -> float:
@@ -34,16 +63,23 @@ def check_rate(rate: float) -> float:
     return rate
 
 
-def prunable_kernels(model, skip_first: bool = True) -> list:
-    """The kernel variables to prune, in model order.
+def prunable_weights(model, skip_first: bool = True) -> list[tuple]:
+    """``(variable, filter_axes)`` for every prunable weight, in model order (nested models too).
 
-    ``skip_first`` leaves the first conv/dense kernel dense, as the seed does.
+    ``skip_first`` leaves the first prunable weight dense, as the seed leaves its first conv.
     """
-    kernels = []
+    found = []
     for layer in _walk_layers(model):
-        if type(layer).__name__ in PRUNABLE_LAYERS and getattr(layer, "kernel", None) is not None:
-            kernels.append(layer.kernel)
-    return kernels[1:] if skip_first else kernels
+        for attr, axes in PRUNABLE.get(type(layer).__name__, {}).items():
+            var = getattr(layer, attr, None)
+            if var is not None and len(var.shape) >= 2:
+                found.append((var, axes))
+    return found[1:] if skip_first else found
+
+
+def prunable_kernels(model, skip_first: bool = True) -> list:
+    """The weight variables to prune, in model order (see :func:`prunable_weights`)."""
+    return [var for var, _ in prunable_weights(model, skip_first=skip_first)]
 
 
 def _walk_layers(model):
@@ -54,11 +90,19 @@ def _walk_layers(model):
             yield layer
 
 
-def filter_mask(kernel: np.ndarray, rate: float) -> np.ndarray:
+def unsupported_layers(model) -> list[str]:
+    """Names of layers that hold weights edgecomp doesn't know how to prune (left dense)."""
+    known = {"BatchNormalization", "LayerNormalization", "GroupNormalization", "Normalization",
+             *PRUNABLE}
+    return [f"{layer.name} ({type(layer).__name__})" for layer in _walk_layers(model)
+            if layer.weights and type(layer).__name__ not in known]
+
+
+def filter_mask(kernel: np.ndarray, rate: float, axes: tuple[int, ...] = (-1,)) -> np.ndarray:
     """Boolean keep-mask that zeroes the ``floor(n * rate)`` smallest |w| in each output filter.
 
-    The output filter axis is the last one (Keras kernels). Ties are broken by position,
-    so each filter loses exactly ``floor(n * rate)`` weights.
+    ``axes`` index one filter (the last axis for Dense and Conv kernels). Ties are broken by
+    position, so each filter loses exactly ``floor(n * rate)`` weights.
 
     Example:
         >>> filter_mask(np.array([[1., -4.], [3., 2.]]), 0.5)
@@ -69,13 +113,16 @@ def filter_mask(kernel: np.ndarray, rate: float) -> np.ndarray:
     w = np.asarray(kernel)
     if w.ndim < 2:
         raise EdgecompError(f"cannot prune a {w.ndim}-d tensor per filter", fix="prune kernels only")
-    flat = np.abs(w.reshape(-1, w.shape[-1]))
+    axes = tuple(a % w.ndim for a in axes)
+    rest = tuple(a for a in range(w.ndim) if a not in axes)
+    moved = np.transpose(w, rest + axes)
+    flat = np.abs(moved.reshape(-1, int(np.prod([w.shape[a] for a in axes]))))
     n_drop = int(flat.shape[0] * rate)
     keep = np.ones(flat.shape, dtype=bool)
     if n_drop:
         order = np.argsort(flat, axis=0, kind="stable")[:n_drop]
         np.put_along_axis(keep, order, False, axis=0)
-    return keep.reshape(w.shape)
+    return np.transpose(keep.reshape(moved.shape), np.argsort(rest + axes))
 
 
 CRITERIA = ("filter", "layer", "global")
@@ -128,9 +175,10 @@ def compute_masks(model, rate: float = 0.8, *, criterion: str = "filter", rates:
     rate = check_rate(rate)
     if criterion not in CRITERIA:
         raise EdgecompError(f"unknown pruning criterion '{criterion}'", fix=f"use one of: {', '.join(CRITERIA)}")
-    kernels = prunable_kernels(model, skip_first=skip_first)
+    found = prunable_weights(model, skip_first=skip_first)
+    axes_of = {var.path: axes for var, axes in found}
     weights = {}
-    for var in kernels:
+    for var, _ in found:
         w = np.asarray(var.numpy())
         if not np.isfinite(w).all():
             raise EdgecompError(f"weights of {var.path} contain NaN or Inf",
@@ -148,7 +196,7 @@ def compute_masks(model, rate: float = 0.8, *, criterion: str = "filter", rates:
     for path, w in weights.items():
         if path not in masks:
             r = rate_for(path, rate, rates)
-            masks[path] = filter_mask(w, r) if criterion == "filter" else layer_mask(w, r)
+            masks[path] = filter_mask(w, r, axes_of[path]) if criterion == "filter" else layer_mask(w, r)
     return masks
 
 
