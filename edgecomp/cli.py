@@ -45,7 +45,11 @@ def _size(text: str):
 
 
 def _add_data(p, default="fashion_mnist"):
-    p.add_argument("--data", default=default, help="dataset name (fashion_mnist, cifar10/c10, cifar100/c100, ...)")
+    p.add_argument("--data", default=default, help="dataset name (fashion_mnist, cifar10/c10, cifar100/c100, ...), "
+                   "or your own data: a .npz (x_train, y_train, x_test, y_test) or a folder of images per class")
+    p.add_argument("--scale", type=float, default=None, help="own data: multiply inputs by this (folders: 1/255)")
+    p.add_argument("--mean", default=None, help="own data: per-channel mean to subtract, e.g. 0.5,0.5,0.5")
+    p.add_argument("--std", default=None, help="own data: per-channel std to divide by")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset files (else $EDGECOMP_DATA, "
                    "then the system location, then a download)")
     p.add_argument("--test-size", type=_size, default=None, help="test samples to use (default: all)")
@@ -170,7 +174,9 @@ def _load_any_model(path: str, trust: bool = False):
 
 def _data(args):
     from edgecomp.data import load_dataset
-    return load_dataset(args.data, data_dir=args.data_dir).take(getattr(args, "train_size", None), args.test_size)
+    options = {k: getattr(args, k) for k in ("scale", "mean", "std") if getattr(args, k, None) is not None}
+    return load_dataset(args.data, data_dir=args.data_dir, **options).take(getattr(args, "train_size", None),
+                                                                             args.test_size)
 
 
 def cmd_run(args):

@@ -6,6 +6,6 @@ Importing this package registers every built-in loader.
 from edgecomp.data.base import Dataset, dataset_names, load_dataset, register_dataset
 
 # Each import registers its loaders.
-from edgecomp.data import fashion_mnist, cifar, synthetic  # noqa: E402,F401
+from edgecomp.data import fashion_mnist, cifar, synthetic, files  # noqa: E402,F401
 
 __all__ = ["Dataset", "dataset_names", "load_dataset", "register_dataset"]

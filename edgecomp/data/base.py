@@ -87,6 +87,9 @@ def load_dataset(name: str, data_dir: str | None = None, **options) -> Dataset:
         ((28, 28, 1), 10)
     """
     key = _ALIASES.get(name, name)
+    if key not in _REGISTRY and (name.endswith(".npz") or "/" in name or name.startswith(".")):
+        # a path: your own data (an .npz file, or a folder of images per class)
+        key, data_dir = ("npz" if name.endswith(".npz") else "folder"), name
     if key not in _REGISTRY:
         raise EdgecompError(f"unknown dataset '{name}'",
                             fix=f"use one of: {', '.join(dataset_names())}")
