@@ -122,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-model", action="store_true", help="allow a model that runs code on load (Lambda)")
     p.add_argument("-o", "--out", required=True, help="container to write (.ecz)")
     p.add_argument("--report", default=None, help="also write the per-layer report as JSON here")
+    g = p.add_argument_group("budgeted search (per-layer rates and bits from sensitivity curves; method deep)")
+    g.add_argument("--max-accuracy-drop", type=float, default=None,
+                   help="points of accuracy the search may lose on held-out training data")
+    g.add_argument("--target-ratio", type=float, default=None, help="aim at this size ratio against fp32 instead")
+    g.add_argument("--val-size", type=_positive, default=2000, help="training samples held out for the search")
+
+    p = sub.add_parser("analyze", help="per-layer sensitivity to pruning and weight sharing (no fine-tuning)")
+    p.add_argument("model", help="a .keras file")
+    _add_data(p)
+    p.add_argument("--val-size", type=_positive, default=2000, help="held-out training samples to measure on")
+    p.add_argument("--trust-model", action="store_true")
+    p.add_argument("-o", "--out", required=True, help="output folder for sensitivity.json/.md/.png")
 
     p = sub.add_parser("evaluate", help="decode a .ecz container (or load a .keras file) and report test accuracy")
     p.add_argument("model", help="a .ecz or .keras file")
@@ -199,7 +211,19 @@ def cmd_compress(args):
     model = load_keras_model(args.model, trust=args.trust_model)
     ds = _data(args)
     train.check_model_data(model, ds)
-    result = compress(model, ds, batch_size=args.batch_size, **_compression_options(args))
+    from edgecomp.pruning import unsupported_layers
+    for name in unsupported_layers(model):
+        print(f"note: layer {name} has weights edgecomp can't prune; left dense "
+              "(register its kind with edgecomp.pruning.register_prunable)", file=sys.stderr)
+    if args.max_accuracy_drop is not None or args.target_ratio is not None:
+        from edgecomp.budget import compress_within_budget
+        opts = _compression_options(args)
+        result, _ = compress_within_budget(model, ds, max_accuracy_drop=args.max_accuracy_drop,
+                                           target_ratio=args.target_ratio, val_size=args.val_size,
+                                           schedule=opts["schedule"], fine_tune_epochs=opts["fine_tune_epochs"],
+                                           centroid_epochs=opts["centroid_epochs"], batch_size=args.batch_size)
+    else:
+        result = compress(model, ds, batch_size=args.batch_size, **_compression_options(args))
     result.save(args.out)
     if args.report:
         io.write_json(args.report, {"settings": result.settings, "bytes": result.bytes, "layers": result.report})
@@ -210,6 +234,26 @@ def cmd_compress(args):
     print(text_table(["tensor", "shape", "params", "nonzeros", "sparsity", "method", "bytes", "share"], rows))
     print(f"\nwrote {args.out}: {result.bytes:,} bytes ({4 * result.params / result.bytes:.1f}x smaller than fp32); "
           f"decoded test accuracy {acc:.2%}")
+
+
+def cmd_analyze(args):
+    from edgecomp import io, sensitivity, train
+    from edgecomp.errors import EdgecompError
+    from edgecomp.models import load_keras_model
+
+    out = io.ensure_dir(args.out)
+    model = load_keras_model(args.model, trust=args.trust_model)
+    ds = _data(args)
+    train.check_model_data(model, ds)
+    if len(ds.x_train) < args.val_size:
+        raise EdgecompError(f"--val-size {args.val_size} is more than the {len(ds.x_train)} training samples",
+                            fix="pass a smaller --val-size")
+    table = sensitivity.analyze(model, ds.x_train[-args.val_size:], ds.y_train[-args.val_size:])
+    io.write_json(out / "sensitivity.json", table)
+    io.write_text(out / "sensitivity.md", sensitivity.markdown(table))
+    io.write_bytes(out / "sensitivity.png", sensitivity.plot(table))
+    print(sensitivity.markdown(table))
+    print(f"wrote {out}/sensitivity.json, sensitivity.md, sensitivity.png")
 
 
 def cmd_evaluate(args):
@@ -291,7 +335,7 @@ def cmd_bench(args):
           f"{paths['md'].name}, {paths['latency_png'].name}, {paths['accuracy_png'].name}")
 
 
-COMMANDS = {"run": cmd_run, "compress": cmd_compress, "evaluate": cmd_evaluate, "export": cmd_export,
+COMMANDS = {"run": cmd_run, "compress": cmd_compress, "analyze": cmd_analyze, "evaluate": cmd_evaluate, "export": cmd_export,
             "bench": cmd_bench}
 
 

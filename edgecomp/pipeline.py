@@ -108,7 +108,8 @@ def _prune_and_fine_tune(model, x, y, *, rate, criterion, layer_rates, schedule,
             masks = {k: v.astype(bool) for k, v in checkpoints.load(stage, model).items()}
             history.append(checkpoints.info(stage))
             continue
-        masks = pruning.prune(model, r, **opts)
+        step_rates = {k: v * i / len(rates) for k, v in (layer_rates or {}).items()} if kind == "iterative" else layer_rates
+        masks = pruning.prune(model, r, **{**opts, "rates": step_rates})
         if fit:
             with pruning.hold_masks(model, masks):
                 h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed + i,

@@ -3,25 +3,34 @@
     >>> data = encode_weights({"fc/kernel": w, "fc/bias": b}, methods={"fc/kernel": "seed"})
     >>> meta, weights = decode_weights(data)
 
-Methods (one byte in each tensor record):
+Methods (one byte in each tensor record; ``docs/FORMAT.md`` has the byte map):
 
 * ``raw``  (0): float32 values, little-endian.
 * ``seed`` (1): the seed's sparse int8 storage — uint8 relative index + int8 value per kept
   weight, fillers for gaps over 255, one float32 scale (see :mod:`edgecomp.codec.seed_index`).
+* ``deep`` (2): Deep Compression — a float32 codebook, then relative-index gaps with
+  fillers and per-weight codebook indices, both Huffman-coded (see :mod:`edgecomp.codec.deep`).
+  Takes options: ``bits``, ``index_bits``, ``coder`` and ``codebook``:
+
+    >>> encode_tensor("fc/kernel", shared_w, "deep", bits=5, index_bits=8, coder="huffman")
+    >>> encode_weights(weights, {"fc/kernel": deep_spec(shared)})   # a SharedTensor
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import numpy as np
 
-from edgecomp.codec import seed_index
+from edgecomp.codec import deep, seed_index
 from edgecomp.codec.container import (MAX_ELEMENTS, TensorRecord, read_container,
                                       write_container)
 from edgecomp.errors import ContainerError, EdgecompError
 from edgecomp.quantization import dequantize_linear, quantize_linear
 
-RAW, SEED = 0, 1
-METHOD_IDS = {"raw": RAW, "seed": SEED}
+RAW, SEED, DEEP = 0, 1, deep.METHOD_ID
+METHOD_IDS = {"raw": RAW, "seed": SEED, "deep": DEEP}
 METHOD_NAMES = {v: k for k, v in METHOD_IDS.items()}
 
 
@@ -69,34 +78,103 @@ def _decode_seed(rec: TensorRecord) -> np.ndarray:
     return seed_index.from_filter_major(flat.reshape(fm_shape))
 
 
-_ENCODERS = {"raw": _encode_raw, "seed": _encode_seed}
-_DECODERS = {RAW: _decode_raw, SEED: _decode_seed}
+#: Method name -> encoder(name, w, **options). A new method takes the next free id.
+_ENCODERS = {"raw": _encode_raw, "seed": _encode_seed, "deep": deep.encode}
+#: Method id -> decoder for a list of records (``deep`` decodes a batch in one pass).
+_BATCH_DECODERS = {RAW: lambda recs: [_decode_raw(r) for r in recs],
+                   SEED: lambda recs: [_decode_seed(r) for r in recs],
+                   DEEP: deep.decode_records}
+#: Method name -> the options its encoder takes.
+_OPTIONS = {"raw": (), "seed": (), "deep": deep.OPTIONS}
 
 
-def encode_tensor(name: str, w: np.ndarray, method: str = "raw") -> TensorRecord:
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """A coding method with its options, usable wherever a method name is.
+
+    Example:
+        >>> encode_weights(weights, {"fc/kernel": MethodSpec("deep", {"bits": 5, "index_bits": 8})})
+    """
+
+    method: str
+    options: Mapping = dataclasses.field(default_factory=dict)
+
+
+def deep_spec(shared=None, *, bits: int | None = None, index_bits: int | None = None,
+              coder: str = "huffman", codebook=None) -> MethodSpec:
+    """The ``deep`` method for one kernel, from its weight-sharing result.
+
+    ``shared`` is an :class:`edgecomp.weight_sharing.SharedTensor` (or anything with
+    ``codebook`` and ``bits``): its codebook is stored as is, and the tensor coded must be
+    its ``weights()``. ``index_bits=None`` takes the codec's default (8).
+
+    Example:
+        >>> specs = {path: deep_spec(st, coder="huffman") for path, st in shared.items()}
+        >>> data = encode_weights(weights, specs)
+    """
+    opts = {"coder": coder}
+    if shared is not None:
+        opts.update(bits=int(shared.bits), codebook=np.asarray(shared.codebook, dtype=np.float32))
+    if bits is not None:
+        opts["bits"] = bits
+    if codebook is not None:
+        opts["codebook"] = np.asarray(codebook, dtype=np.float32)
+    if index_bits is not None:
+        opts["index_bits"] = index_bits
+    return MethodSpec("deep", opts)
+
+
+def encode_tensor(name: str, w: np.ndarray, method: str | MethodSpec = "raw", **options) -> TensorRecord:
+    """Code one tensor with ``method`` (a name or a :class:`MethodSpec`) and its options.
+
+    Example:
+        >>> rec = encode_tensor("fc/kernel", w, "deep", bits=5, index_bits=8, coder="huffman")
+    """
+    if isinstance(method, MethodSpec):
+        options = {**method.options, **options}
+        method = method.method
     if method not in _ENCODERS:
         raise EdgecompError(f"unknown coding method '{method}'", fix=f"use one of: {', '.join(_ENCODERS)}")
+    unknown = sorted(set(options) - set(_OPTIONS[method]))
+    if unknown:
+        takes = ", ".join(_OPTIONS[method])
+        raise EdgecompError(f"method '{method}' " + (f"takes no options (got {', '.join(unknown)})" if not takes
+                            else f"has no option {', '.join(unknown)}"),
+                            fix=f"its options are: {takes}" if takes else "pass options to the deep method only")
     w = np.asarray(w, dtype=np.float32)
     if not np.isfinite(w).all():
         raise EdgecompError(f"tensor {name} contains NaN or Inf", fix="compress a model with finite weights")
-    return _ENCODERS[method](name, w)
+    return _ENCODERS[method](name, w, **options)
 
 
 def decode_tensor(rec: TensorRecord) -> np.ndarray:
-    if rec.method not in _DECODERS:
-        raise ContainerError(f"corrupt container: tensor {rec.name!r}: unknown method {rec.method}",
-                             fix="decode it with the edgecomp version that wrote it")
-    return _DECODERS[rec.method](rec)
+    """Decode one record; raises ContainerError only."""
+    return _decode_records([rec])[0]
 
 
-def quantized_reference(w: np.ndarray, method: str) -> np.ndarray:
+def _decode_records(records: list[TensorRecord]) -> list[np.ndarray]:
+    by_method: dict[int, list[int]] = {}
+    for i, rec in enumerate(records):
+        if rec.method not in _BATCH_DECODERS:
+            raise ContainerError(f"corrupt container: tensor {rec.name!r}: unknown method {rec.method}",
+                                 fix="decode it with the edgecomp version that wrote it")
+        by_method.setdefault(rec.method, []).append(i)
+    out: list = [None] * len(records)
+    for method, idx in by_method.items():
+        for i, arr in zip(idx, _BATCH_DECODERS[method]([records[i] for i in idx])):
+            out[i] = arr
+    return out
+
+
+def quantized_reference(w: np.ndarray, method: str | MethodSpec, **options) -> np.ndarray:
     """What decoding returns for ``w`` under ``method`` (for tests and reports)."""
-    return decode_tensor(encode_tensor("w", w, method))
+    return decode_tensor(encode_tensor("w", w, method, **options))
 
 
-def encode_weights(weights: dict[str, np.ndarray], methods: dict[str, str] | None = None,
+def encode_weights(weights: dict[str, np.ndarray], methods: Mapping[str, str | MethodSpec] | None = None,
                    meta: dict | None = None) -> bytes:
-    """Encode ``{name: array}`` (in order); ``methods`` maps names to a method (default ``raw``)."""
+    """Encode ``{name: array}`` (in order); ``methods`` maps names to a method name or
+    :class:`MethodSpec` (default ``raw``)."""
     methods = methods or {}
     records = [encode_tensor(name, w, methods.get(name, "raw")) for name, w in weights.items()]
     return write_container(dict(meta or {}), records)
@@ -105,12 +183,12 @@ def encode_weights(weights: dict[str, np.ndarray], methods: dict[str, str] | Non
 def decode_weights(data: bytes, max_elements: int = MAX_ELEMENTS) -> tuple[dict, dict[str, np.ndarray]]:
     """Decode container bytes into ``(meta, {name: float32 array})``; raises ContainerError only."""
     meta, records = read_container(data, max_elements=max_elements)
-    out = {}
+    names = set()
     for rec in records:
-        if rec.name in out:
+        if rec.name in names:
             raise ContainerError(f"corrupt container: tensor {rec.name!r} appears twice", fix="re-create the file")
-        out[rec.name] = decode_tensor(rec)
-    return meta, out
+        names.add(rec.name)
+    return meta, {rec.name: arr for rec, arr in zip(records, _decode_records(records))}
 
 
 def tensor_records(data: bytes) -> list[TensorRecord]:
@@ -119,4 +197,4 @@ def tensor_records(data: bytes) -> list[TensorRecord]:
 
 
 __all__ = ["encode_weights", "decode_weights", "encode_tensor", "decode_tensor", "tensor_records",
-           "quantized_reference", "METHOD_IDS", "METHOD_NAMES"]
+           "quantized_reference", "deep_spec", "MethodSpec", "METHOD_IDS", "METHOD_NAMES"]
