@@ -81,7 +81,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--fine-tune-epochs", type=int, default=1, help="per pruning step (default: 1)")
     p.add_argument("--centroid-epochs", type=int, default=1)
-    p.add_argument("--train-size", type=int, default=None, help="training samples (default: all 60,000)")
+    p.add_argument("--train-size", type=int, default=None, help="baseline training samples (default: all 60,000)")
+    p.add_argument("--fine-tune-size", type=int, default=20000,
+                   help="training samples used for fine-tuning after pruning (default: 20,000)")
     p.add_argument("--only", choices=("seed", "deep"), default=None)
     args = p.parse_args(argv)
 
@@ -129,9 +131,10 @@ def main(argv=None) -> int:
                        schedule=setting["schedule"], fine_tune_epochs=args.fine_tune_epochs)
         if setting["method"] == "deep":
             options.update(bits=setting["bits"], coder=setting["coder"], centroid_epochs=args.centroid_epochs)
-        result = compress(model, ds, **options)
+        result = compress(model, ds.take(args.fine_tune_size, None), **options)
         decoded = result.decode()
         row = {**setting, "accuracy": train.evaluate(decoded, ds.x_test, ds.y_test), "bytes": result.bytes,
+               "fine_tune_size": args.fine_tune_size,
                "params": result.params, "kept": result.nonzeros, "seconds": time.time() - t,
                "fine_tune_epochs": args.fine_tune_epochs,
                "centroid_epochs": args.centroid_epochs if setting["method"] == "deep" else 0,
@@ -146,7 +149,8 @@ def main(argv=None) -> int:
           f"Made by `python scripts/bench_storage.py {' '.join(argv if argv is not None else sys.argv[1:])}`."
           f" VGG-like net ({baseline['params']:,} params) trained {baseline['epochs']} epochs (Adam, batch 64) on "
           f"{baseline['train']:,} Fashion-MNIST images; accuracy on the 10,000 test images after decoding the "
-          f"container. Fine-tuning: {args.fine_tune_epochs} epoch(s) per pruning step; deep adds "
+          f"container. Fine-tuning: {args.fine_tune_epochs} epoch(s) per pruning step on the first "
+          f"{args.fine_tune_size:,} training images; deep adds "
           f"{args.centroid_epochs} epoch(s) of centroid training. Storage is the `.ecz` file size; ratio is "
           "against the fp32 weights.", "", seed_table(rows, baseline), ""]
     io.write_text(out / "storage.md", "\n".join(md))
