@@ -82,7 +82,8 @@ def _add_compression(p):
                    help="deep: k-means initialisation (default: linear)")
     g.add_argument("--centroid-epochs", type=_positive, default=1, help="deep: centroid fine-tuning epochs (default: 1)")
     g.add_argument("--index-bits", type=int, default=None, help="deep: bits per relative index gap (default: codec's)")
-    g.add_argument("--coder", default="huffman", help="deep: entropy coder for indices and gaps (default: huffman)")
+    g.add_argument("--coder", choices=("auto", "huffman", "deflate", "fixed"), default="auto",
+                   help="deep: entropy coder for indices and gaps; auto takes the smallest per tensor (default: auto)")
 
 
 def _compression_options(args) -> dict:

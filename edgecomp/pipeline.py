@@ -123,7 +123,7 @@ def _prune_and_fine_tune(model, x, y, *, rate, criterion, layer_rates, schedule,
 def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", criterion: str = "filter",
              layer_rates: dict[str, float] | None = None, schedule: str = "oneshot",
              fine_tune_epochs: int = 1, bits="conv=8,dense=5", init: str = "linear",
-             centroid_epochs: int = 1, index_bits: int | None = None, coder: str = "huffman",
+             centroid_epochs: int = 1, index_bits: int | None = None, coder: str = "auto",
              batch_size: int = 64, skip_first: bool = True, seed: int = 0, verbose: int = 1,
              info: dict | None = None, checkpoints=None) -> CompressedModel:
     """Compress ``model`` in place and return a :class:`CompressedModel`.

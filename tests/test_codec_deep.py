@@ -1,3 +1,6 @@
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -87,6 +90,25 @@ def test_mixed_methods_in_one_container():
     assert np.array_equal(out["t2"], codec.quantized_reference(ws["t2"], "seed"))
 
 
+def test_many_tensors_decode_together():
+    # One batch: different gap widths (fillers differ), empty and one-weight tensors, both coders.
+    ws, methods = {}, {}
+    for i, (shape, rate, ib, coder) in enumerate([((300, 20), 0.9, 1, "huffman"), ((8,), 0, 8, "huffman"),
+                                                  ((3, 3, 4, 8), 0.5, 2, "fixed"), ((50, 40), 0.97, 8, "huffman"),
+                                                  ((40, 30), 0.0, 3, "huffman"), ((2000, 2), 0.99, 5, "huffman")]):
+        w = _shared(shape, rate, 4, seed=i)
+        if i == 1:
+            w = np.zeros(shape, np.float32)
+        if i == 3:
+            w = np.zeros(shape, np.float32)
+            w[-1, -1] = 0.5
+        ws[f"t{i}"] = w
+        methods[f"t{i}"] = codec.deep_spec(bits=4, index_bits=ib, coder=coder)
+    _, out = codec.decode_weights(codec.encode_weights(ws, methods))
+    for name, w in ws.items():
+        assert np.array_equal(out[name], w) and out[name].flags.c_contiguous
+
+
 def test_realistic_stream_is_near_entropy_and_beats_fixed_width():
     # Trained weights are heavier-tailed than a Gaussian: a Laplace stand-in.
     w = np.random.default_rng(7).laplace(size=(512, 512)).astype(np.float32)
@@ -105,9 +127,13 @@ def test_realistic_stream_is_near_entropy_and_beats_fixed_width():
 def test_auto_coder_picks_the_smaller_streams():
     tiny = _shared((3, 3, 1, 4), 0.5, 8, seed=2)   # 20 weights: Huffman tables do not pay
     big = _shared((256, 128), 0.9, 5, seed=2)
-    for w, expected in ((tiny, deep.CODERS["fixed"]), (big, deep.CODERS["huffman"])):
+    for w in (tiny, big):
         rec = codec.encode_tensor("w", w, "deep", bits=8, coder="auto")
-        assert rec.params[2] == expected and np.array_equal(codec.decode_tensor(rec), w)
+        sizes = {c: codec.encode_tensor("w", w, "deep", bits=8, coder=c).stream_bytes for c in deep.CODERS}
+        assert rec.stream_bytes == min(sizes.values())
+        assert deep.CODER_NAMES[int(rec.params[2])] == min(sizes, key=sizes.get)
+        assert np.array_equal(codec.decode_tensor(rec), w)
+    assert deep.CODER_NAMES[int(codec.encode_tensor("w", tiny, "deep", bits=8, coder="auto").params[2])] != "huffman"
 
 
 def test_encoder_refuses_what_it_cannot_store():
@@ -173,3 +199,47 @@ def test_flipped_container_bytes_raise_container_error():
         flipped[pos] ^= 0x04
         with pytest.raises(ContainerError):
             codec.decode_weights(bytes(flipped))
+
+
+def test_container_v2_is_written_and_v1_still_read():
+    data = codec.encode_weights({"w": np.ones((4, 4), np.float32)}, {"w": "seed"})
+    assert struct.unpack_from("<HH", data, 8) == (2, 0)
+
+    def with_major(major):
+        head = data[:8] + struct.pack("<HH", major, 0) + data[12:16]
+        return head + struct.pack("<I", zlib.crc32(head)) + data[20:]
+
+    _, out = codec.decode_weights(with_major(1))          # v1: raw and seed, same layout
+    assert np.allclose(out["w"], 1, atol=0.01)
+    for major in (0, 3):
+        with pytest.raises(ContainerError, match="version"):
+            codec.decode_weights(with_major(major))
+
+
+def test_deflate_coder_round_trip_and_rejects_damage():
+    import zlib
+    from edgecomp import codec
+    from edgecomp.codec.deep import deflate_decode, deflate_encode
+    from edgecomp.errors import ContainerError
+    from edgecomp.weight_sharing import share_tensor
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(64, 32)).astype(np.float32)
+    w[np.abs(w) < 1.2] = 0
+    st = share_tensor(w, 4)
+    data = codec.encode_weights({"w": st.weights()}, {"w": codec.deep_spec(st, coder="deflate")})
+    _, out = codec.decode_weights(data)
+    assert np.array_equal(out["w"], st.weights())
+    sym = rng.integers(0, 16, 5000).astype(np.uint8)
+    enc = deflate_encode(sym)
+    assert np.array_equal(deflate_decode(enc, max_symbols=5000, alphabet=16), sym)
+    for bad in (enc[:-3], enc + b"x", bytes(len(enc))):
+        with pytest.raises(ContainerError):
+            deflate_decode(bad, max_symbols=5000, alphabet=16)
+    with pytest.raises(ContainerError):           # more symbols than the tensor can hold
+        deflate_decode(enc, max_symbols=100, alphabet=16)
+    with pytest.raises(ContainerError):           # symbol outside the alphabet
+        deflate_decode(enc, max_symbols=5000, alphabet=8)
+    # zlib Huffman-only: no LZ77 matches, so a repetitive stream is not smaller than its entropy allows
+    rep = np.tile(np.arange(16, dtype=np.uint8), 500)
+    assert len(deflate_encode(rep)) >= 0.9 * len(rep) * 4 / 8

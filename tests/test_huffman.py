@@ -85,8 +85,8 @@ def test_canonical_codes_are_prefix_free_and_ordered(lengths):
 def test_canonical_code_example_and_stream_bytes():
     assert [format(int(c), "b") for c in huffman.canonical_codes([1, 3, 3, 2])] == ["0", "110", "111", "10"]
     data = huffman.encode([0, 3, 1, 0, 0, 2, 3, 0, 0], block=16)     # frequencies 5, 1, 1, 2
-    # mode 2, n=9, alphabet-1=3, max_len=3, block=min(16, 9); lengths 1,3,3,2 in 2-bit fields
-    assert data[:10] == bytes([2]) + struct.pack("<IHBH", 9, 3, 3, 9)
+    # mode 3, n=9, alphabet-1=3, max_len=3, block=min(16, 9); lengths 1,3,3,2 in 2-bit fields
+    assert data[:10] == bytes([3]) + struct.pack("<IHBH", 9, 3, 3, 9)
     assert data[10] == 0b01_11_11_10
     # one block of 15 bits (base 15, width 0); payload 0 10 110 0 0 111 10 0 0, zero-padded
     assert data[11:16] == struct.pack("<IB", 15, 0)
@@ -133,6 +133,41 @@ def test_decode_many_mixes_block_sizes_and_modes():
     out = huffman.decode_many(data, [len(s) for s in streams], [40] * len(streams))
     for a, b in zip(out, streams):
         assert np.array_equal(a, b)
+
+
+def test_blocks_are_interleaved():
+    # Block b of nb codes symbols b, b + nb, b + 2 nb, ...: the block table holds the sums
+    # of their code lengths. 1005 symbols in blocks of at most 100: 11 blocks of 92 or 91.
+    s = np.random.default_rng(5).geometric(0.3, size=1005) % 12
+    data = huffman.encode(s, block=100)
+    lengths = huffman.code_lengths(np.bincount(s))
+    n, a1, top, block = struct.unpack_from("<IHBH", data, 1)
+    assert data[0] == 3 and (n, block) == (1005, 100)
+    pos = 1 + 9 + ((a1 + 1) * int(top).bit_length() + 7) // 8
+    base, width = struct.unpack_from("<IB", data, pos)
+    table = base + huffman._unpack_fields(data[pos + 5:], 11, width)
+    assert table.tolist() == [int(lengths[s[b::11]].sum()) for b in range(11)]
+    assert np.array_equal(huffman.decode(data, max_symbols=len(s), alphabet=12), s)
+
+
+def test_pre_release_contiguous_mode_is_refused():
+    data = bytearray(huffman.encode(np.arange(1000) % 7))
+    data[0] = 2
+    with pytest.raises(ContainerError, match="mode 2"):
+        huffman.decode(bytes(data), max_symbols=1000, alphabet=7)
+
+
+def test_small_budgets_split_the_work(monkeypatch):
+    # Passes and runs of lanes are cut by the step and table budgets; results must not change.
+    rng = np.random.default_rng(2)
+    streams = [rng.geometric(p, size=n) % 30 for p, n in ((0.2, 3000), (0.5, 700), (0.1, 40), (0.3, 5))]
+    data = [huffman.encode(s, block=b) for s, b in zip(streams, (64, 128, 7, 300))]
+    limits, alphabets = [len(s) for s in streams], [30] * len(streams)
+    expected = huffman.decode_many(data, limits, alphabets)
+    monkeypatch.setattr(huffman, "_STEP_BUDGET", 200)
+    monkeypatch.setattr(huffman, "_LUT_BUDGET", 16)
+    for got, want, s in zip(huffman.decode_many(data, limits, alphabets), expected, streams):
+        assert np.array_equal(got, want) and np.array_equal(got, s)
 
 
 def test_limits_are_enforced():
@@ -182,7 +217,7 @@ def test_random_bytes_raise_container_error_only(data):
 
 
 @settings(max_examples=150, deadline=None)
-@given(head=st.sampled_from([b"\x01", b"\x02"]), data=st.binary(max_size=120))
+@given(head=st.sampled_from([b"\x01", b"\x02", b"\x03"]), data=st.binary(max_size=120))
 def test_random_bytes_behind_a_valid_mode_raise_container_error_only(head, data):
     _decode_all_ways(head + data)
 
@@ -213,6 +248,6 @@ def test_header_lies_are_named():
         huffman.decode(bytes(data) + b"\0", max_symbols=1000, alphabet=7)
     with pytest.raises(ContainerError, match="mode"):
         huffman.decode(b"\x09" + bytes(data[1:]), max_symbols=1000, alphabet=7)
-    huge = bytes([2]) + struct.pack("<IHBH", 2**32 - 1, 6, 3, 100) + bytes(data[10:])
+    huge = bytes([3]) + struct.pack("<IHBH", 2**32 - 1, 6, 3, 100) + bytes(data[10:])
     with pytest.raises(ContainerError, match="symbols"):
         huffman.decode(huge, max_symbols=2**40, alphabet=7)

@@ -26,7 +26,9 @@ import numpy as np
 from edgecomp.errors import ContainerError
 
 MAGIC = b"\x89ECZ\r\n\x1a\n"
-VERSION = (1, 0)
+VERSION = (2, 0)
+#: Major versions this reader accepts (v1 files use only the raw and seed methods, same layout).
+READABLE_MAJORS = (1, 2)
 KIND_META, KIND_TENSOR = 1, 2
 DTYPES = {1: "float32"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
@@ -144,8 +146,9 @@ def read_container(data: bytes, max_elements: int = MAX_ELEMENTS) -> tuple[dict,
     (crc,) = r.unpack("I")
     if crc != zlib.crc32(data[:_HEADER.size]):
         r.fail("header checksum mismatch")
-    if major != VERSION[0]:
-        raise ContainerError(f"container version {major}.{minor} is not supported (this edgecomp reads {VERSION[0]}.x)",
+    if major not in READABLE_MAJORS:
+        raise ContainerError(f"container version {major}.{minor} is not supported (this edgecomp reads "
+                             f"{' and '.join(f'{m}.x' for m in READABLE_MAJORS)})",
                              fix="decode it with the edgecomp version that wrote it")
     # Each section needs at least its 9-byte header: bound the count before looping.
     if n_sections > (len(data) - r.pos) // _SECTION.size:

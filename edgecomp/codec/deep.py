@@ -14,8 +14,11 @@ codebook that weight sharing produced) is stored, in filter-major order
 * the index stream: each kept weight's codebook index.
 
 Both symbol streams are entropy-coded with the record's coder: ``huffman`` (canonical
-Huffman, :mod:`edgecomp.codec.huffman`) or ``fixed`` (plain fixed-width fields of
-``index_bits`` and ``bits`` bits, the paper's uncoded baseline). The record's params are
+Huffman, :mod:`edgecomp.codec.huffman`, decoded by vectorised numpy), ``deflate``
+(canonical Huffman as RFC 1951 defines it: a raw deflate stream written with zlib's
+Huffman-only strategy, so no LZ77 matches; decoded by the standard library's zlib, which
+every device has) or ``fixed`` (plain fixed-width fields of ``index_bits`` and ``bits`` bits,
+the paper's uncoded baseline). The record's params are
 ``(bits, index_bits, coder id)``. Decoding reproduces the weight-shared input exactly.
 
     >>> w = np.array([[0, 0.5], [-0.25, 0], [0, 0.5]], np.float32)
@@ -26,6 +29,8 @@ Huffman, :mod:`edgecomp.codec.huffman`) or ``fixed`` (plain fixed-width fields o
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from edgecomp.codec import huffman
@@ -35,7 +40,7 @@ from edgecomp.errors import ContainerError, EdgecompError
 
 METHOD_ID = 2
 #: Coder name -> id stored in the record's third param.
-CODERS = {"fixed": 0, "huffman": 1}
+CODERS = {"fixed": 0, "huffman": 1, "deflate": 2}
 CODER_NAMES = {v: k for k, v in CODERS.items()}
 DEFAULT_BITS = 5
 #: Default gap width: with Huffman, wide gaps cost little and leave few fillers.
@@ -95,6 +100,28 @@ def gap_symbols(positions: np.ndarray, index_bits: int) -> np.ndarray:
     return out
 
 
+def deflate_encode(symbols: np.ndarray) -> bytes:
+    """Symbols (< 256) -> a raw deflate stream, Huffman-only (canonical Huffman, RFC 1951)."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_HUFFMAN_ONLY)
+    return c.compress(np.asarray(symbols, np.uint8).tobytes()) + c.flush()
+
+
+def deflate_decode(data: bytes, *, max_symbols: int, alphabet: int) -> np.ndarray:
+    """Inverse of :func:`deflate_encode`; output bounded by ``max_symbols``, symbols checked."""
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(data, max_symbols)
+    except zlib.error as exc:
+        raise ContainerError(f"deflate stream is corrupt: {exc}", fix="re-create the file") from None
+    if not d.eof or d.unconsumed_tail or d.unused_data:
+        raise ContainerError("deflate stream is truncated, too long or has trailing bytes", fix="re-create the file")
+    sym = np.frombuffer(out, np.uint8)
+    if len(sym) and int(sym.max()) >= alphabet:
+        raise ContainerError(f"deflate stream holds symbol {int(sym.max())}, alphabet has {alphabet}",
+                             fix="re-create the file")
+    return sym
+
+
 def encode(name: str, w: np.ndarray, *, bits: int = DEFAULT_BITS, index_bits: int | None = None,
            coder: str = "huffman", codebook=None, block: int = huffman.DEFAULT_BLOCK) -> TensorRecord:
     """Code a pruned, weight-shared float32 tensor ``w`` (zeros are pruned weights).
@@ -102,8 +129,8 @@ def encode(name: str, w: np.ndarray, *, bits: int = DEFAULT_BITS, index_bits: in
     ``codebook`` (optional, float32, at most ``2**bits`` entries) fixes the stored codebook;
     every nonzero of ``w`` must equal one of its entries exactly. Without it the codebook is
     the sorted distinct nonzero values of ``w``. ``index_bits`` (1..8, default 8) is the gap
-    symbol width, ``coder`` one of ``huffman``, ``fixed`` and ``auto`` (whichever is smaller for
-    this tensor: tiny tensors may not pay for Huffman's tables), ``block`` the Huffman block size.
+    symbol width, ``coder`` one of ``huffman``, ``deflate``, ``fixed`` and ``auto`` (whichever is
+    smallest for this tensor: tiny tensors may not pay for Huffman's tables), ``block`` the Huffman block size.
     """
     bits = _check_option("bits", bits, 1, MAX_BITS)
     index_bits = _check_option("index_bits", DEFAULT_INDEX_BITS if index_bits is None else index_bits,
@@ -122,6 +149,8 @@ def encode(name: str, w: np.ndarray, *, bits: int = DEFAULT_BITS, index_bits: in
         coded["huffman"] = (huffman.encode(gaps, block=block), huffman.encode(idx, block=block))
     if coder in ("fixed", "auto"):
         coded["fixed"] = (huffman.encode_fixed(gaps, index_bits), huffman.encode_fixed(idx, bits))
+    if coder in ("deflate", "auto"):
+        coded["deflate"] = (deflate_encode(gaps), deflate_encode(idx))
     coder = min(coded, key=lambda c: sum(map(len, coded[c])))      # "auto": the smaller one
     streams = coded[coder]
     return TensorRecord(name, tuple(int(d) for d in np.shape(w)), METHOD_ID,
@@ -130,19 +159,33 @@ def encode(name: str, w: np.ndarray, *, bits: int = DEFAULT_BITS, index_bits: in
 
 
 def _flat_positions(fm_pos: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Filter-major flat positions -> flat positions in the tensor's own (C) layout."""
+    """Filter-major flat positions -> flat positions in the tensor's own (C) layout.
+
+    With ``shape = (*spatial, in, out)`` and ``S`` spatial positions, a filter-major position
+    ``f = (o * in + i) * S + s`` sits at ``(s * in + i) * out + o`` in C order: two integer
+    divisions by constants, and no intermediate exceeds the tensor's size (so int32 input
+    stays int32).
+    """
     if len(shape) < 2:
         return fm_pos
-    axes = filter_major_axes(len(shape))
-    strides = np.cumprod((1,) + shape[:0:-1])[::-1]          # C strides in elements
-    if len(shape) == 2:                                        # (in, out) stored as (out, in)
-        o, i = np.divmod(fm_pos, shape[0])
-        return i * shape[1] + o
-    flat = np.zeros(len(fm_pos), dtype=np.int64)
-    rem = fm_pos
-    for k in range(len(shape) - 1, -1, -1):
-        rem, r = np.divmod(rem, shape[axes[k]])
-        flat += r * int(strides[axes[k]])
+    n_in, n_out = int(shape[-2]), int(shape[-1])
+    spatial = int(np.prod(shape[:-2], dtype=np.int64))
+    if spatial == 1:                                  # (in, out) stored as (out, in)
+        o = fm_pos // n_in
+        flat = o * n_in
+        np.subtract(fm_pos, flat, out=flat)           # i
+        flat *= n_out
+        flat += o
+        return flat
+    q = fm_pos // spatial
+    flat = q * spatial
+    np.subtract(fm_pos, flat, out=flat)               # s
+    o = q // n_in
+    q -= o * n_in                                     # i
+    flat *= n_in * n_out
+    q *= n_out
+    flat += q
+    flat += o
     return flat
 
 
@@ -175,24 +218,53 @@ def _start(rec: TensorRecord) -> _Job:
     return job
 
 
-def _finish(job: _Job) -> np.ndarray:
-    rec, m = job.rec, (1 << job.index_bits) - 1
-    s = job.gaps
-    filler = s == m
-    if not filler.any():
-        positions = np.cumsum(s, dtype=np.int64)
-        positions += np.arange(len(s))                      # each kept weight advances s + 1
-    else:
-        if filler[-1]:
-            _fail(rec, "gap stream ends in a filler")
-        ends = np.cumsum(np.where(filler, m, s.astype(np.int64) + 1))
-        positions = ends[~filler] - 1
+def _positions(jobs: list[_Job]) -> list[np.ndarray]:
+    """Filter-major positions of every job's kept weights, from its gap symbols.
+
+    All jobs at once: one cumulative sum over the joined gap streams. A symbol ``s``
+    advances ``s + 1`` positions, a filler (``s == M``) advances ``M`` and is dropped.
+    """
+    lens = [len(j.gaps) for j in jobs]
+    gaps = np.concatenate([j.gaps for j in jobs]) if len(jobs) > 1 else jobs[0].gaps
+    fillers = [(1 << j.index_bits) - 1 for j in jobs]
+    m = fillers[0] if len(set(fillers)) == 1 else np.repeat(fillers, lens)
+    is_filler = gaps == m
+    # A symbol advances at most 256 positions: int32 holds every sum while 256 * len < 2**31.
+    dtype = np.int32 if len(gaps) < 1 << 23 else np.int64
+    ends = np.cumsum(gaps, dtype=dtype)
+    any_filler = bool(is_filler.any())
+    if any_filler:
+        ends -= np.cumsum(is_filler, dtype=dtype)         # a filler advances M, not M + 1
+    ends += np.arange(len(gaps), dtype=dtype)             # each symbol's + 1, less 1
+    # Each job counts from its own start: subtract where the previous one ended.
+    stops = np.cumsum(lens)[:-1]
+    before = [0] * len(jobs)
+    if len(ends):
+        before[1:] = np.where(stops > 0, ends[np.maximum(stops, 1) - 1] + 1, 0).tolist()
+    out, at = [], 0
+    for j, n, b in zip(jobs, lens, before):
+        pos = ends[at:at + n]
+        if b:
+            pos -= b
+        if any_filler:
+            filler = is_filler[at:at + n]
+            if n and filler[-1]:
+                _fail(j.rec, "gap stream ends in a filler")
+            pos = pos[~filler]
+        out.append(pos)
+        at += n
+    return out
+
+
+def _finish(job: _Job, positions: np.ndarray) -> np.ndarray:
+    rec = job.rec
     if len(positions) != len(job.idx):
         _fail(rec, f"gap stream has {len(positions)} kept weights, index stream {len(job.idx)}")
     if len(positions) and positions[-1] >= rec.size:
         _fail(rec, f"index runs to position {int(positions[-1])}, past the tensor's {rec.size} elements")
     out = np.zeros(rec.size, dtype=np.float32)
-    out[_flat_positions(positions, rec.shape)] = job.book[job.idx]
+    if len(positions):
+        out[_flat_positions(positions, rec.shape)] = np.take(job.book, job.idx)
     return out.reshape(rec.shape)
 
 
@@ -203,24 +275,29 @@ def decode_records(records: list[TensorRecord]) -> list[np.ndarray]:
     """
     jobs = [_start(rec) for rec in records]
     coded = [j for j in jobs if j.coder == "huffman"]
-    streams, limits, alphabets = [], [], []
-    for j in coded:
-        streams += [j.rec.streams[1], j.rec.streams[2]]
-        limits += [j.rec.size, j.rec.size]
-        alphabets += [1 << j.index_bits, len(j.book)]
+    # Gap streams first, then index streams: each kind comes out of the decoder joined.
+    streams = [j.rec.streams[1] for j in coded] + [j.rec.streams[2] for j in coded]
+    limits = [j.rec.size for j in coded] * 2
+    alphabets = [1 << j.index_bits for j in coded] + [len(j.book) for j in coded]
     try:
-        symbols = huffman.decode_many(streams, limits, alphabets)
+        symbols = huffman.decode_many(streams, limits, alphabets) if coded else []
     except ContainerError:
         # Error path only: decode the streams one by one to name the tensor and stream.
         for k, (data, limit, alphabet) in enumerate(zip(streams, limits, alphabets)):
             try:
                 huffman.decode(data, max_symbols=limit, alphabet=alphabet)
             except ContainerError as inner:
-                _fail(coded[k // 2].rec, f"{('gap', 'index')[k % 2]} stream: {inner.problem}")
+                _fail(coded[k % len(coded)].rec, f"{('gap', 'index')[k // len(coded)]} stream: {inner.problem}")
         raise
     for n, j in enumerate(coded):
-        j.gaps, j.idx = symbols[2 * n], symbols[2 * n + 1]
+        j.gaps, j.idx = symbols[n], symbols[len(coded) + n]
     for j in jobs:
+        if j.coder == "deflate":
+            try:
+                j.gaps = deflate_decode(j.rec.streams[1], max_symbols=j.rec.size, alphabet=1 << j.index_bits)
+                j.idx = deflate_decode(j.rec.streams[2], max_symbols=j.rec.size, alphabet=len(j.book))
+            except ContainerError as exc:
+                _fail(j.rec, f"deflate stream: {exc.problem}")
         if j.coder == "fixed":
             try:
                 j.gaps = huffman.decode_fixed(j.rec.streams[1], max_symbols=j.rec.size,
@@ -228,7 +305,9 @@ def decode_records(records: list[TensorRecord]) -> list[np.ndarray]:
                 j.idx = huffman.decode_fixed(j.rec.streams[2], max_symbols=j.rec.size, alphabet=len(j.book))
             except ContainerError as exc:
                 _fail(j.rec, f"fixed-width stream: {exc.problem}")
-    return [_finish(j) for j in jobs]
+    if not jobs:
+        return []
+    return [_finish(j, pos) for j, pos in zip(jobs, _positions(jobs))]
 
 
 __all__ = ["encode", "decode_records", "gap_symbols", "CODERS", "DEFAULT_BITS", "DEFAULT_INDEX_BITS"]

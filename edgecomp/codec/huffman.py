@@ -2,9 +2,12 @@
 
 Used by the ``deep`` coding method for the relative-index gaps and the centroid
 indices (Han et al., Deep Compression, 2015), with a block offset table that
-lets the decoder run every block in lock-step: one numpy gather per step over
-all blocks of all streams at once, so decode time is ``block`` Python steps
-however long the streams are.
+lets the decoder run every block in lock-step: each step is ten numpy operations
+over all blocks of all streams at once and decodes one symbol per block, so
+decode time is ``block`` Python steps however long the streams are. Blocks are
+interleaved (block ``b`` of ``nb`` holds symbols ``b, b + nb, b + 2 nb, ...``), so
+the symbols that one step decodes are consecutive in the stream: the decoder's
+output needs no reordering.
 
     >>> data = encode(np.array([0, 1, 1, 2, 1, 1, 3, 1]))
     >>> decode(data, max_symbols=8, alphabet=4).tolist()
@@ -15,10 +18,11 @@ byte; ``docs/FORMAT.md`` has the byte map)::
 
     u8 mode 0: empty stream                         (1 byte in all)
     u8 mode 1: u32 n, u16 symbol                    (n copies of one symbol, 7 bytes)
-    u8 mode 2: u32 n, u16 alphabet-1, u8 max_len, u16 block,
+    u8 mode 3: u32 n, u16 alphabet-1, u8 max_len, u16 block,
                lengths[alphabet] (bit_length(max_len) bits each),
-               u32 base, u8 width, (block_bits[b] - base)[ceil(n/block)] (width bits each),
-               payload: the codes, MSB-first, ceil(sum(block_bits)/8) bytes
+               u32 base, u8 width, (block_bits[b] - base)[nb] (width bits each),
+               payload: block after block, the codes MSB-first, ceil(sum(block_bits)/8) bytes
+    with nb = ceil(n / block) blocks; block b codes symbols b, b + nb, b + 2 nb, ...
 
 Also here: fixed-width bit packing (:func:`encode_fixed` / :func:`decode_fixed`),
 the baseline that Huffman is measured against. Every decoder validates its input
@@ -28,7 +32,6 @@ by the stream length and the caller's ``max_symbols``.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import struct
 from collections.abc import Sequence
@@ -40,20 +43,25 @@ from edgecomp.errors import ContainerError
 #: Longest code the stream format allows (and the largest alphabet is 2**16).
 MAX_CODE_LEN = 16
 MAX_ALPHABET = 1 << 16
-#: Default code-length limit: keeps the decode tables at 4096 entries per stream (it costs
+#: Default code-length limit: keeps the decode tables at 4096 rows per stream (it costs
 #: about 0.1% on the gap and index streams of a pruned, weight-shared VGG).
 DEFAULT_MAX_LEN = 12
-#: Default symbols per block (one lock-step decode step per symbol of a block).
-DEFAULT_BLOCK = 256
+#: Default symbols per block: one lock-step step per symbol of a block, over all blocks of
+#: all streams at once. Smaller blocks mean more lanes and fewer steps but a longer block
+#: table (about 7 bits per block, 1.3% of the payload at 128).
+DEFAULT_BLOCK = 128
 MAX_BLOCK = 0xFFFF
 
-EMPTY, SINGLE, HUFFMAN = 0, 1, 2
+#: Stream modes. Mode 2 (contiguous blocks) was written by pre-release builds only and is refused.
+EMPTY, SINGLE, CONTIGUOUS, HUFFMAN = 0, 1, 2, 3
 _HEAD = struct.Struct("<IHBH")      # n, alphabet-1, max_len, block (after the mode byte)
 _SINGLE = struct.Struct("<IH")      # n, symbol
 _FIXED = struct.Struct("<BI")       # width, n
 _BLOCKS = struct.Struct("<IB")      # base, width
-#: Lookup-table entries decoded in one lock-step batch (bounds memory on hostile input).
+#: Lookup-table rows built for one lock-step pass (bounds memory on hostile input).
 _LUT_BUDGET = 1 << 20
+#: Lanes x steps of one lock-step batch (bounds memory on hostile input).
+_STEP_BUDGET = 1 << 22
 
 
 def _fail(what: str):
@@ -136,14 +144,6 @@ def canonical_codes(lengths) -> np.ndarray:
     return codes
 
 
-def _decode_tables(lengths: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """(symbol, length) for every ``top``-bit window: codes occupy consecutive ranges."""
-    used = np.flatnonzero(lengths)
-    order = used[np.lexsort((used, lengths[used]))]
-    span = np.left_shift(1, top - lengths[order].astype(np.int64))
-    return np.repeat(order.astype(np.uint16), span), np.repeat(lengths[order].astype(np.int64), span)
-
-
 # ----------------------------------------------------------------------------- bit packing
 
 def _pack_bits(codes: np.ndarray, widths: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -165,23 +165,50 @@ def _pack_bits(codes: np.ndarray, widths: np.ndarray) -> tuple[bytes, np.ndarray
     return words.astype(">u4").tobytes()[:(total + 7) // 8], start
 
 
-def _windows(buf: bytes) -> np.ndarray:
-    """uint32 big-endian window starting at every byte of ``buf`` (which ends in 4 zero bytes)."""
-    n = len(buf) - 3
-    out = np.empty(max(n, 0), dtype=np.uint32)
-    for k in range(4):
-        dst = out[k::4]
-        dst[:] = np.frombuffer(buf, dtype=">u4", count=len(dst), offset=k)
+def _words(buf: bytes) -> np.ndarray:
+    """uint64 window at every 32-bit word of ``buf``: bits ``32k .. 32k + 63``, MSB-first.
+
+    ``buf`` must end in at least 8 zero bytes; the field of ``w <= 32`` bits at bit ``q``
+    is ``(words[q >> 5] << (q & 31)) >> (64 - w)``.
+    """
+    n = len(buf) // 4
+    u = np.frombuffer(buf, dtype=">u4", count=n).astype(np.uint64)
+    out = u[:-1] << np.uint64(32)
+    out |= u[1:]
     return out
 
 
+def _fields(words: np.ndarray, starts, counts, widths) -> np.ndarray:
+    """Runs of MSB-first fields: ``counts[i]`` fields of ``widths[i]`` (0..32) bits from bit
+    ``starts[i]``; all runs in one vectorised pass (int64)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.cumsum(counts) - counts
+    width = np.repeat(np.asarray(widths, dtype=np.int64), counts)
+    pos = np.arange(total, dtype=np.int64)
+    pos -= np.repeat(first, counts)
+    pos *= width
+    pos += np.repeat(np.asarray(starts, dtype=np.int64), counts)
+    w = words[pos >> 5] << (pos & 31).astype(np.uint64)
+    w >>= (63 - width).astype(np.uint64)       # two shifts: a 0-bit field gives 0
+    w >>= np.uint64(1)
+    return w.astype(np.int64)
+
+
 def _unpack_fields(buf: bytes, count: int, width: int) -> np.ndarray:
-    """``count`` fields of ``width`` (<= 25) bits, MSB-first, from ``buf``."""
+    """``count`` fields of ``width`` (<= 32) bits, MSB-first, from ``buf``."""
     if count == 0 or width == 0:
         return np.zeros(count, dtype=np.int64)
-    pos = np.arange(count, dtype=np.int64) * width
-    win = _windows(bytes(buf) + b"\0\0\0\0")[pos >> 3].astype(np.int64)
-    return ((win << (pos & 7)) & 0xFFFFFFFF) >> (32 - width)
+    buf = bytes(buf)
+    words = _words(buf + b"\0" * (12 - len(buf) % 4))
+    pos = np.arange(0, count * width, width, dtype=np.int64)
+    w = words[pos >> 5]
+    pos &= 31
+    w <<= pos.view(np.uint64)
+    w >>= np.uint64(64 - width)
+    return w.view(np.int64)
 
 
 def _pack_fields(values: np.ndarray, width: int) -> bytes:
@@ -202,11 +229,29 @@ def _check_symbols(symbols) -> np.ndarray:
     return s.ravel().astype(np.int64, copy=False)
 
 
+def _interleave(s: np.ndarray, block: int) -> tuple[np.ndarray, int, int, int]:
+    """``s`` in block order: ``nb = ceil(n / block)`` blocks, block b holding symbols b, b + nb,
+    ...; returns (reordered symbols, nb, rows = the most symbols a block holds, how many
+    blocks hold that many)."""
+    n = len(s)
+    nb = -(-n // block)
+    rows = -(-n // nb)
+    full = n - (rows - 1) * nb
+    if full == nb:
+        return s.reshape(rows, nb).T.ravel(), nb, rows, full
+    grid = np.empty((nb, rows), dtype=s.dtype)
+    grid[:, :rows - 1] = s[:(rows - 1) * nb].reshape(rows - 1, nb).T
+    grid[:full, rows - 1] = s[(rows - 1) * nb:]
+    return np.concatenate([grid[:full].ravel(), grid[full:, :rows - 1].ravel()]), nb, rows, full
+
+
 def encode(symbols, *, block: int = DEFAULT_BLOCK, max_len: int = DEFAULT_MAX_LEN) -> bytes:
     """Huffman-code integer ``symbols`` (0..65535) into a self-describing stream.
 
-    ``block`` symbols share one entry of the offset table (smaller blocks decode in
-    fewer steps but cost more table bits); ``max_len`` limits the code length.
+    The stream is cut into ``nb = ceil(n / block)`` interleaved blocks, block ``b``
+    coding symbols ``b, b + nb, ...``, each with an entry in the offset table: smaller
+    blocks decode in fewer lock-step steps but cost more table bits. ``max_len``
+    limits the code length.
 
     Example:
         >>> len(encode(np.zeros(1000, np.uint8)))   # one symbol: no payload at all
@@ -225,16 +270,19 @@ def encode(symbols, *, block: int = DEFAULT_BLOCK, max_len: int = DEFAULT_MAX_LE
     lengths = code_lengths(freqs, max_len)
     top = int(lengths.max())
     codes = canonical_codes(lengths)
+    block = min(block, n)
+    s, nb, rows, full = _interleave(s, block)
     widths = lengths.astype(np.int64)[s]
     payload, start = _pack_bits(codes[s], widths)
-    block = min(block, n)
     total = int(start[-1] + widths[-1])
-    block_bits = np.diff(np.append(start[::block], total))
-    base = int(block_bits.min())
-    width = int(block_bits.max() - base).bit_length()
+    k = np.arange(nb)
+    first = k * (rows - 1) + np.minimum(k, full)               # blocks < full hold ``rows`` symbols
+    block_len = np.diff(np.append(start[first], total))
+    base = int(block_len.min())
+    width = int(block_len.max() - base).bit_length()
     return b"".join([bytes([HUFFMAN]), _HEAD.pack(n, len(freqs) - 1, top, block),
                      _pack_fields(lengths, top.bit_length()),
-                     _BLOCKS.pack(base, width), _pack_fields(block_bits - base, width), payload])
+                     _BLOCKS.pack(base, width), _pack_fields(block_len - base, width), payload])
 
 
 def encode_fixed(symbols, width: int) -> bytes:
@@ -254,18 +302,15 @@ def encode_fixed(symbols, width: int) -> bytes:
 
 # ----------------------------------------------------------------------------- decoding
 
-class _Parsed:
-    """A validated mode-2 stream, ready for the lock-step decoder."""
+class _Stream:
+    """A mode-2 stream whose header has been read (the tables are checked in batches)."""
 
-    __slots__ = ("n", "block", "lengths", "top", "block_bits", "payload", "out")
-
-    def __init__(self, n, block, lengths, top, block_bits, payload):
-        self.n, self.block, self.lengths, self.top = n, block, lengths, top
-        self.block_bits, self.payload, self.out = block_bits, payload, None
+    __slots__ = ("data", "n", "size", "top", "block", "pos", "n_blocks", "base", "width", "lengths",
+                 "shortest", "offset", "out")
 
 
-def _parse(data: bytes, max_symbols: int, alphabet: int):
-    """Validate a stream's header and tables; return the decoded array or a _Parsed."""
+def _header(data: bytes, max_symbols: int, alphabet: int):
+    """Modes 0 and 1 decode right here; a mode-2 stream returns its _Stream."""
     data = bytes(data)
     if not data:
         _fail("empty stream (expected at least the mode byte)")
@@ -283,6 +328,9 @@ def _parse(data: bytes, max_symbols: int, alphabet: int):
         if sym >= alphabet:
             _fail(f"symbol {sym} is outside the alphabet of {alphabet}")
         return np.full(n, sym, dtype=np.uint16)
+    if mode == CONTIGUOUS:
+        _fail("stream mode 2 (contiguous Huffman blocks, from a pre-release build) is not read by this "
+              "version; re-encode the model")
     if mode != HUFFMAN:
         _fail(f"unknown stream mode {mode}")
     pos = 1 + _HEAD.size
@@ -300,104 +348,151 @@ def _parse(data: bytes, max_symbols: int, alphabet: int):
         _fail(f"maximum code length {top} is outside 1..{MAX_CODE_LEN}")
     if not 1 <= block <= n:
         _fail(f"block size {block} is outside 1..{n}")
-    field = top.bit_length()
-    nbytes = (size * field + 7) // 8
+    nbytes = (size * top.bit_length() + 7) // 8
     if len(data) < pos + nbytes + _BLOCKS.size:
         _fail(f"code-length table needs {nbytes} bytes, {len(data) - pos} remain")
-    lengths = _unpack_fields(data[pos:pos + nbytes], size, field)
-    pos += nbytes
-    if int(lengths.max()) != top:
-        _fail(f"code lengths reach {int(lengths.max())} bits, header says {top}")
-    if np.count_nonzero(lengths) < 2:
-        _fail("code table has fewer than 2 codes")
-    kraft = int(np.left_shift(1, top - lengths[lengths > 0]).sum())
-    if kraft != 1 << top:
-        _fail(f"code lengths are not a complete prefix code (Kraft sum {kraft}/{1 << top})")
-    base, width = _BLOCKS.unpack_from(data, pos)
-    pos += _BLOCKS.size
-    n_blocks = -(-n // block)
-    if width > 25:
-        _fail(f"block-size field width {width} is over 25 bits")
-    nbytes = (n_blocks * width + 7) // 8
-    if len(data) < pos + nbytes:
-        _fail(f"block table needs {nbytes} bytes, {len(data) - pos} remain")
-    block_bits = base + _unpack_fields(data[pos:pos + nbytes], n_blocks, width)
-    pos += nbytes
-    counts = np.full(n_blocks, block, dtype=np.int64)
-    counts[-1] = n - (n_blocks - 1) * block
-    shortest = int(lengths[lengths > 0].min())
-    if np.any(block_bits < counts * shortest) or np.any(block_bits > counts * top):
+    it = _Stream()
+    it.data, it.n, it.size, it.top, it.block, it.pos = data, n, size, top, block, pos
+    it.n_blocks = -(-n // block)
+    return it
+
+
+def _check_lengths(items: list[_Stream], words: np.ndarray) -> None:
+    """Unpack and check every stream's code-length table (one vectorised pass)."""
+    sizes = [it.size for it in items]
+    lengths = _fields(words, [8 * (it.offset + it.pos) for it in items], sizes,
+                      [it.top.bit_length() for it in items])
+    first = np.cumsum(sizes) - sizes
+    top = np.array([it.top for it in items], dtype=np.int64)
+    top_rep = np.repeat(top, sizes)
+    used = lengths > 0
+    fits = used & (lengths <= top_rep)
+    longest = np.maximum.reduceat(lengths, first)
+    codes = np.add.reduceat(used, first, dtype=np.int64)
+    kraft = np.add.reduceat(np.left_shift(fits.astype(np.int64), np.where(fits, top_rep - lengths, 0)), first)
+    shortest = np.minimum.reduceat(np.where(used, lengths, MAX_CODE_LEN + 1), first)
+    bad = (longest != top) | (codes < 2) | (kraft != np.left_shift(1, top))
+    if bad.any():
+        i = int(np.argmax(bad))
+        if longest[i] != top[i]:
+            _fail(f"code lengths reach {int(longest[i])} bits, header says {int(top[i])}")
+        if codes[i] < 2:
+            _fail("code table has fewer than 2 codes")
+        _fail(f"code lengths are not a complete prefix code (Kraft sum {int(kraft[i])}/{1 << int(top[i])})")
+    for k, (it, s) in enumerate(zip(items, shortest.tolist())):
+        it.lengths = lengths[first[k]:first[k] + sizes[k]]
+        it.shortest = s
+        it.pos += (it.size * it.top.bit_length() + 7) // 8
+
+
+def _block_counts(n: np.ndarray, n_blocks: np.ndarray) -> np.ndarray:
+    """Symbols of each block: block ``b`` of ``nb`` holds symbols ``b, b + nb, b + 2 nb, ...``."""
+    b = np.arange(int(n_blocks.sum()), dtype=np.int64) - np.repeat(np.cumsum(n_blocks) - n_blocks, n_blocks)
+    nb = np.repeat(n_blocks, n_blocks)
+    return (np.repeat(n, n_blocks) - b + nb - 1) // nb
+
+
+def _block_tables(items: list[_Stream], words: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Check every stream's block table and payload size; returns per block (lane) its
+    start and end bit in the joined buffer and its symbol count."""
+    for it in items:
+        it.base, it.width = _BLOCKS.unpack_from(it.data, it.pos)
+        it.pos += _BLOCKS.size
+        if it.width > 25:
+            _fail(f"block-size field width {it.width} is over 25 bits")
+        nbytes = (it.n_blocks * it.width + 7) // 8
+        if len(it.data) < it.pos + nbytes:
+            _fail(f"block table needs {nbytes} bytes, {len(it.data) - it.pos} remain")
+    nb = np.array([it.n_blocks for it in items], dtype=np.int64)
+    bits = _fields(words, [8 * (it.offset + it.pos) for it in items], nb, [it.width for it in items])
+    bits += np.repeat([it.base for it in items], nb)
+    count = _block_counts(np.array([it.n for it in items], dtype=np.int64), nb)
+    bad = (bits < count * np.repeat([it.shortest for it in items], nb)) | (bits > count * np.repeat(
+        [it.top for it in items], nb))
+    if bad.any():
         _fail("a block's bit length does not fit its symbol count")
-    total = int(block_bits.sum())
-    if len(data) - pos != (total + 7) // 8:
-        _fail(f"payload is {len(data) - pos} bytes, the block table implies {(total + 7) // 8}")
-    if total % 8 and data[-1] & ((1 << (8 - total % 8)) - 1):
-        _fail("payload padding bits are not zero")
-    return _Parsed(n, block, lengths, top, block_bits, data[pos:])
+    first = np.cumsum(nb) - nb
+    end = np.cumsum(bits)
+    total = np.diff(end[first + nb - 1], prepend=0).tolist()
+    payload_at = []
+    for it, t in zip(items, total):
+        pay = it.pos + (it.n_blocks * it.width + 7) // 8
+        if len(it.data) - pay != (t + 7) // 8:
+            _fail(f"payload is {len(it.data) - pay} bytes, the block table implies {(t + 7) // 8}")
+        if t % 8 and it.data[-1] & ((1 << (8 - t % 8)) - 1):
+            _fail("payload padding bits are not zero")
+        payload_at.append(8 * (it.offset + pay))
+    end += np.repeat(np.array(payload_at, dtype=np.int64) - (end[first] - bits[first]), nb)
+    return end - bits, end, count
 
 
-def _lockstep(items: list[_Parsed], block: int) -> None:
-    """Decode streams in ``block`` lock-step steps: every block of every stream is a lane.
+def _tables(items: list[_Stream]) -> tuple[np.ndarray, np.ndarray]:
+    """The decode tables of ``items``, one after another, and each one's first row.
 
-    Each stream's blocks hold ``block`` symbols (its last one fewer), or it is a single
-    block of at most ``block`` symbols.
+    Row ``r`` of a stream's table (``2**top`` rows) stands for the next ``top`` bits and
+    holds ``length << 32 | symbol`` of the code they start with: canonical codes occupy
+    consecutive rows, so each code's rows come from one ``np.repeat``.
     """
-    top = max(it.top for it in items)
-    payload = b"".join(it.payload for it in items) + b"\0" * 4
-    win = _windows(payload)
-    syms, lens, starts, ends, counts, bases, first = [], [], [], [], [], [], [0]
-    bit, lut = 0, 0
-    for slot, it in enumerate(items):
-        sym, ln = _decode_tables(it.lengths, it.top)
-        rep = 1 << (top - it.top)                 # widen every table to ``top`` bits
-        syms.append(np.repeat(sym, rep))
-        lens.append(np.repeat(ln, rep))
-        offs = bit + np.cumsum(it.block_bits) - it.block_bits
-        starts.append(offs)
-        ends.append(offs + it.block_bits)
-        c = np.full(len(offs), it.block, dtype=np.int64)
-        c[-1] = it.n - (len(offs) - 1) * it.block
-        counts.append(c)
-        bases.append(np.full(len(offs), lut, dtype=np.int64))
-        first.append(first[-1] + len(offs))
-        bit += 8 * len(it.payload)
-        lut += 1 << top
-    sym_lut, len_lut = np.concatenate(syms), np.concatenate(lens)
-    p = np.concatenate(starts)
-    expected_end, count = np.concatenate(ends), np.concatenate(counts)
-    base = np.concatenate(bases).astype(np.uint32)
-    lanes = len(p)
-    got_end = np.empty(lanes, dtype=np.int64)
-    capture = {}
-    for lane in np.flatnonzero(count < block):
-        capture.setdefault(int(count[lane]), []).append(int(lane))
-    out = np.empty((block, lanes), dtype=np.int64)
-    byte, step, w = (np.empty(lanes, dtype=np.int64), np.empty(lanes, dtype=np.int64),
-                     np.empty(lanes, dtype=np.uint32))
-    shift = np.empty(lanes, dtype=np.uint32)
-    drop = np.uint32(32 - top)
-    for t in range(block):
-        if t in capture:
-            got_end[capture[t]] = p[capture[t]]
-        row = out[t]
-        np.right_shift(p, 3, out=byte)
-        np.take(win, byte, out=w, mode="clip")            # 32 bits from the lane's byte
-        np.bitwise_and(p, 7, out=shift, casting="unsafe")
-        np.left_shift(w, shift, out=w)                     # drop the bits already read
-        np.right_shift(w, drop, out=w)                     # keep the next ``top`` bits
-        np.bitwise_or(w, base, out=row)                    # index into this stream's table
-        np.take(len_lut, row, out=step, mode="clip")
-        np.add(p, step, out=p)
-    full = count == block
-    got_end[full] = p[full]
-    bad = np.flatnonzero(got_end != expected_end)
+    sizes = [len(it.lengths) for it in items]
+    lengths = np.concatenate([it.lengths for it in items]) if len(items) > 1 else items[0].lengths
+    stream = np.repeat(np.arange(len(items)), sizes)
+    symbol = np.arange(len(lengths)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    used = lengths > 0
+    lengths, symbol, stream = lengths[used], symbol[used], stream[used]
+    order = np.lexsort((symbol, lengths, stream))          # canonical order within each stream
+    lengths, symbol, stream = lengths[order], symbol[order], stream[order]
+    top = np.array([it.top for it in items], dtype=np.int64)
+    table = np.repeat((lengths << 32) | symbol, np.left_shift(1, top[stream] - lengths)).astype(np.uint64)
+    rows = np.left_shift(1, top)
+    return table, np.cumsum(rows) - rows
+
+
+def _lockstep(words: np.ndarray, items: list[_Stream], lane_item: np.ndarray, start, end, count,
+              steps: int) -> np.ndarray:
+    """Decode blocks (lanes) in ``steps`` lock-step steps, one symbol per lane per step.
+
+    ``lane_item[l]`` is lane l's stream in ``items``. Returns a (steps, lanes) uint16
+    array: row t holds symbol t of every block, so that a stream's columns, read row by
+    row, list its symbols in order (past a block's last symbol: junk).
+    """
+    table, first = _tables(items)
+    lanes = len(start)
+    top = np.array([it.top for it in items], dtype=np.uint64)[lane_item]
+    drop = np.uint64(64) - top
+    base = first.astype(np.uint64)[lane_item]
+    out = np.empty((steps, lanes), dtype=np.uint16)
+    p = start.astype(np.uint64)
+    word = np.empty(lanes, dtype=np.uint64)
+    word_i = word.view(np.int64)
+    w = np.empty(lanes, dtype=np.uint64)
+    shift = np.empty(lanes, dtype=np.uint64)
+    row = np.empty(lanes, dtype=np.uint64)
+    row_i = row.view(np.int64)
+    entry = np.empty(lanes, dtype=np.uint64)
+    got = np.empty(lanes, dtype=np.uint64)
+    capture = {c: np.flatnonzero(count == c) for c in np.unique(count).tolist()}   # step -> lanes ending
+    rshift, lshift, band, add, copyto = np.right_shift, np.left_shift, np.bitwise_and, np.add, np.copyto
+    read, look = words.take, table.take                    # bound methods: no Python wrapper per call
+    for t in range(steps):
+        rshift(p, 5, word)
+        read(word_i, None, w, "clip")                      # 64 bits around the lane's position
+        band(p, 31, shift)
+        lshift(w, shift, w)                                # drop the bits already read
+        rshift(w, drop, w)                                 # keep the next ``top`` bits
+        add(w, base, row)                                  # the row in this lane's table
+        look(row_i, None, entry, "clip")
+        copyto(out[t], entry, casting="unsafe")            # the low 16 bits: the symbol
+        rshift(entry, 32, entry)                           # the code's length
+        add(p, entry, p)
+        ending = capture.get(t + 1)
+        if ending is not None:
+            got[ending] = p[ending]
+    bad = np.flatnonzero(got != end.astype(np.uint64))
     if len(bad):
-        lane = int(bad[0])
-        _fail(f"block {lane} of the batch ends at bit {int(got_end[lane])}, "
-              f"the block table says {int(expected_end[lane])}")
-    lane_major = np.take(sym_lut, out.T)                   # (lanes, block) uint16 symbols
-    for slot, it in enumerate(items):
-        it.out = lane_major[first[slot]:first[slot + 1]].ravel()[:it.n]
+        k = int(bad[0])
+        _fail(f"block {k} ends at bit {int(got[k]) - int(start[k])}, the block table says "
+              f"{int(end[k] - start[k])}")
+    return out
 
 
 def decode_many(streams: Sequence[bytes], max_symbols: Sequence[int],
@@ -414,30 +509,65 @@ def decode_many(streams: Sequence[bytes], max_symbols: Sequence[int],
     """
     if not len(streams) == len(max_symbols) == len(alphabets):
         raise ValueError("streams, max_symbols and alphabets differ in length")
-    parsed = [_parse(s, int(m), int(a)) for s, m, a in zip(streams, max_symbols, alphabets)]
-    # One lock-step pass per block size. A one-block stream joins a pass with a longer block
-    # when that costs at most 8 steps per symbol of its own; passes are split so that the
-    # widened lookup tables stay bounded.
-    coded = [it for it in parsed if isinstance(it, _Parsed)]
-    multi = sorted({it.block for it in coded if it.n > it.block})
-    groups: dict[int, list[_Parsed]] = {}
-    for it in coded:
-        key = it.block
-        if it.n <= it.block and multi:
-            k = bisect.bisect_right(multi, 8 * it.n) - 1
-            if k >= 0 and multi[k] >= it.n:
-                key = multi[k]
-        groups.setdefault(key, []).append(it)
-    for block, members in groups.items():
-        chunk, top = [], 0
-        for it in members:
-            if chunk and (len(chunk) + 1) << max(top, it.top) > _LUT_BUDGET:
-                _lockstep(chunk, block)
-                chunk, top = [], 0
-            chunk.append(it)
-            top = max(top, it.top)
-        _lockstep(chunk, block)
-    return [it.out if isinstance(it, _Parsed) else it for it in parsed]
+    out = [_header(s, int(m), int(a)) for s, m, a in zip(streams, max_symbols, alphabets)]
+    items = [it for it in out if isinstance(it, _Stream)]
+    if not items:
+        return out
+    offset = 0
+    for it in items:
+        it.offset = offset
+        offset += len(it.data)
+    buf = b"".join(it.data for it in items)
+    words = _words(buf + b"\0" * (12 - len(buf) % 4))
+    _check_lengths(items, words)
+    start, end, count = _block_tables(items, words)
+    lane_at = np.cumsum([0] + [it.n_blocks for it in items]).tolist()
+    # A stream needs ceil(n / n_blocks) steps. Passes: streams join the pass of a longer
+    # one while that wastes at most 8x their own steps (or little work) and the pass's
+    # table rows stay within budget. Within a pass, lanes go in runs of at most
+    # _STEP_BUDGET / steps (a stream too large for one run is cut).
+    need = [-(-it.n // it.n_blocks) for it in items]
+    passes, group, steps, rows = [], [], 0, 0
+    for k in sorted(range(len(items)), key=lambda k: -need[k]):
+        it = items[k]
+        if group and not ((steps <= 8 * need[k] or it.n_blocks * steps <= 1 << 14)
+                          and rows + (1 << it.top) <= _LUT_BUDGET):
+            passes.append((group, steps))
+            group, steps, rows = [], 0, 0
+        group.append(k)
+        steps, rows = max(steps, need[k]), rows + (1 << it.top)
+    passes.append((group, steps))
+    pieces: dict[int, list] = {}
+    for group, steps in passes:
+        per = max(1, _STEP_BUDGET // steps)
+        runs, run, lanes = [], [], 0                       # run: (stream, first lane, end lane)
+        for k in sorted(group):
+            a = lane_at[k]
+            while a < lane_at[k + 1]:
+                b = min(lane_at[k + 1], a + per - lanes)
+                run.append((k, a, b))
+                lanes += b - a
+                a = b
+                if lanes == per:
+                    runs.append(run)
+                    run, lanes = [], 0
+        if run:
+            runs.append(run)
+        for run in runs:
+            ks = sorted({k for k, _, _ in run})
+            slot = {k: i for i, k in enumerate(ks)}
+            idx = np.concatenate([np.arange(a, b) for _, a, b in run]) if len(run) > 1 else np.arange(
+                run[0][1], run[0][2])
+            lane_item = np.repeat([slot[k] for k, _, _ in run], [b - a for _, a, b in run])
+            block = _lockstep(words, [items[k] for k in ks], lane_item, start[idx], end[idx], count[idx], steps)
+            at = 0
+            for k, a, b in run:
+                pieces.setdefault(k, []).append(block[:need[k], at:at + b - a])
+                at += b - a
+    for k, it in enumerate(items):
+        cols = pieces[k]
+        it.out = (cols[0] if len(cols) == 1 else np.concatenate(cols, axis=1)).ravel()[:it.n]
+    return [it.out if isinstance(it, _Stream) else it for it in out]
 
 
 def decode(data: bytes, *, max_symbols: int, alphabet: int = MAX_ALPHABET) -> np.ndarray:
@@ -487,6 +617,8 @@ def entropy_bits(symbols) -> float:
     f = np.bincount(s.astype(np.int64))
     f = f[f > 0]
     return float(-(f * np.log2(f / s.size)).sum())
+
+
 
 
 __all__ = ["encode", "decode", "decode_many", "encode_fixed", "decode_fixed", "code_lengths",
