@@ -189,8 +189,9 @@ def stream_stats(records, kernels) -> dict:
             if rec.name not in kernels:
                 continue
             data = rec.streams[k]
-            s = (huffman.decode if rec.params[2] == deep.CODERS["huffman"] else huffman.decode_fixed)(
-                data, max_symbols=rec.size, alphabet=alphabet(rec))
+            decoder = {deep.CODERS["huffman"]: huffman.decode, deep.CODERS["deflate"]: deep.deflate_decode,
+                       deep.CODERS["fixed"]: huffman.decode_fixed}[int(rec.params[2])]
+            s = decoder(data, max_symbols=rec.size, alphabet=alphabet(rec))
             symbols += len(s)
             coded += 8 * len(data)
             entropy += huffman.entropy_bits(s)
