@@ -90,3 +90,23 @@ def test_truncated_container_real_process(tmp_path):
     code, out, err = run_cli("evaluate", str(path), "--data", "synthetic_images")
     assert code == 2
     _one_line_error(err, "corrupt container")
+
+
+def test_sigterm_stops_cleanly_with_resume_hint(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "edgecomp.cli", "run", "--data", "synthetic_images", "--width",
+                             "0.25", "--epochs", "30", "-o", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    state = out / "checkpoints" / "state.json"
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline:   # training has started
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    _one_line_error(err, "interrupted", "edgecomp run --resume")
+    leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".") and ".part" in p.name]
+    assert leftovers == []
