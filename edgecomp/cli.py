@@ -231,8 +231,16 @@ def cmd_compress(args):
     acc = train.evaluate(result.decode(), ds.x_test, ds.y_test)
     from edgecomp.report import text_table
     rows = [[r["name"], str(r["shape"]), f"{r['params']:,}", f"{r['nonzeros']:,}", f"{r['sparsity']:.1%}",
-             r["method"], f"{r['bytes']:,}", f"{r['bytes'] / result.bytes:.1%}"] for r in result.report]
-    print(text_table(["tensor", "shape", "params", "nonzeros", "sparsity", "method", "bytes", "share"], rows))
+             r["method"], str(r["bits"]), f"{r['bytes']:,}", f"{r['bytes'] / result.bytes:.1%}",
+             "  ".join(f"{n} {b / result.bytes:.1%}" for n, b in r["streams"].items())] for r in result.report]
+    print(text_table(["tensor", "shape", "params", "nonzeros", "sparsity", "method", "bits", "bytes", "share",
+                      "share per stream"], rows))
+    totals = {}
+    for r in result.report:
+        for n, b in r["streams"].items():
+            totals[n] = totals.get(n, 0) + b
+    print("streams: " + ", ".join(f"{n} {b:,} B ({b / result.bytes:.1%})" for n, b in totals.items())
+          + f"; headers {result.bytes - sum(totals.values()):,} B")
     print(f"\nwrote {args.out}: {result.bytes:,} bytes ({4 * result.params / result.bytes:.1f}x smaller than fp32); "
           f"decoded test accuracy {acc:.2%}")
 

@@ -22,6 +22,9 @@ from edgecomp.errors import EdgecompError
 from edgecomp.io import write_bytes
 
 METHODS = ("seed", "deep")
+#: What each coding method's streams hold, for the per-stream report.
+STREAM_NAMES = {"raw": ("values",), "seed": ("gaps", "values"), "deep": ("codebook", "gaps", "indices")}
+BITS = {"raw": 32, "seed": 8}
 
 
 @dataclasses.dataclass
@@ -71,11 +74,14 @@ def _report(model, container: bytes, masks) -> list[dict]:
     rows = []
     for rec in codec.tensor_records(container):
         w = weights[rec.name]
+        method = codec.METHOD_NAMES[rec.method]
+        names = STREAM_NAMES.get(method, ())
         rows.append({"name": rec.name, "shape": list(rec.shape), "params": rec.size,
                      "nonzeros": int(np.count_nonzero(w)), "pruned": rec.name in masks,
                      "sparsity": float(1 - np.count_nonzero(w) / max(1, w.size)),
-                     "method": codec.METHOD_NAMES[rec.method], "bytes": rec.stream_bytes,
-                     "streams": [len(s) for s in rec.streams]})
+                     "method": method, "bits": int(rec.params[0]) if method == "deep" else BITS.get(method),
+                     "bytes": rec.stream_bytes,
+                     "streams": {n: len(s) for n, s in zip(names, rec.streams)}})
     return rows
 
 

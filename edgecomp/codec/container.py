@@ -10,6 +10,7 @@ Layout (all integers little-endian; ``docs/FORMAT.md`` has the byte map)::
     header   8s magic b"\\x89ECZ\\r\\n\\x1a\\n", u16 major, u16 minor, u32 n_sections, u32 crc32(first 16 bytes)
     section  u8 kind, u32 length, u32 crc32(payload), payload[length]     (n_sections times)
     kind 1   META: UTF-8 JSON object
+    kind 3   META, deflated: the same JSON as a raw deflate stream (what the writer emits)
     kind 2   TENSOR: u16 name_len, name, u8 method, u8 dtype, u8 ndim, u32 dims[ndim],
                      u8 n_params, f32 params[n_params], u8 n_streams, (u32 len, bytes)[n_streams]
 """
@@ -29,7 +30,9 @@ MAGIC = b"\x89ECZ\r\n\x1a\n"
 VERSION = (2, 0)
 #: Major versions this reader accepts (v1 files use only the raw and seed methods, same layout).
 READABLE_MAJORS = (1, 2)
-KIND_META, KIND_TENSOR = 1, 2
+KIND_META, KIND_TENSOR, KIND_META_DEFLATED = 1, 2, 3
+#: Ceiling on the inflated size of a deflated META section (a zip-bomb guard).
+MAX_META_BYTES = 16 << 20
 DTYPES = {1: "float32"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 #: Ceiling on the elements of one decoded tensor (a configurable guard against hostile headers).
@@ -77,7 +80,10 @@ def _tensor_payload(rec: TensorRecord) -> bytes:
 
 def write_container(meta: dict, records: list[TensorRecord]) -> bytes:
     """Serialise ``meta`` (a JSON-able dict) and the tensor records to container bytes."""
-    sections = [_section(KIND_META, json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())]
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    # The model's Keras config is most of META: deflate it (a few KB saved on every file).
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    sections = [_section(KIND_META_DEFLATED, packer.compress(text) + packer.flush())]
     sections += [_section(KIND_TENSOR, _tensor_payload(r)) for r in records]
     head = _HEADER.pack(MAGIC, *VERSION, len(sections))
     return head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
@@ -162,9 +168,19 @@ def read_container(data: bytes, max_elements: int = MAX_ELEMENTS) -> tuple[dict,
         if zlib.crc32(payload) != crc:
             r.pos = start
             r.fail("checksum mismatch")
-        if kind == KIND_META:
+        if kind in (KIND_META, KIND_META_DEFLATED):
             if meta is not None:
                 r.fail("a second META section")
+            if kind == KIND_META_DEFLATED:
+                inflater = zlib.decompressobj(-15)
+                try:
+                    payload = inflater.decompress(payload, MAX_META_BYTES)
+                except zlib.error:
+                    r.pos = start
+                    r.fail("META is not a valid deflate stream")
+                if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+                    r.pos = start
+                    r.fail(f"META deflate stream is truncated, has trailing bytes or inflates past {MAX_META_BYTES} bytes")
             try:
                 meta = json.loads(payload.decode("utf-8"))
             except (UnicodeDecodeError, ValueError, RecursionError):
