@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SEED_RATES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
+SEED_RATES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.87, 0.9)
 #: Deep Compression settings: pruning (rate, criterion, schedule) + sharing (bits) + coding.
 DEEP_SETTINGS = (
     {"rate": 0.9, "criterion": "filter", "schedule": "iterative:2", "bits": "conv=8,dense=5"},
