@@ -33,7 +33,7 @@ def write_report(records: Sequence[dict], out_dir: str | os.PathLike, *,
     """Write ``bench.json``, ``bench.csv``, ``bench.md``, ``latency.png`` and ``accuracy_vs_size.png``.
 
     ``records`` come from :func:`~runtime_bench.bench_files` (one per artifact x
-    threads). ``size_key`` (``bytes`` or ``gzip_bytes``) is the size used for the
+    target x threads). ``size_key`` (``bytes`` or ``gzip_bytes``) is the size used for the
     accuracy-vs-size plot and the Pareto front (smaller size, higher accuracy).
     Returns the written paths keyed ``json``, ``csv``, ``md``, ``latency_png``,
     ``accuracy_png``.
@@ -150,19 +150,31 @@ def _sig(value) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
+#: Columns shown only when some record has a value for them: (header, key, digits).
+_OPTIONAL_MD = (("mean IoU", "mean_iou", 4), ("top-1 agree", "top1_agreement", 4),
+                ("max abs diff", "max_abs_diff", None))
+
+
 def _markdown(records: list[dict], front: set[str]) -> str:
-    head = ["artifact", "format", "threads", "batch", "size KB", "gzip KB", "init ms", "first ms",
-            "median ms", "p90 ms", "p99 ms", "runs", "peak RSS MB", "accuracy", "pareto", "error"]
+    extra = [c for c in _OPTIONAL_MD if any(r.get(c[1]) is not None for r in records)]
+    head = ["artifact", "format", "target", "threads", "cpus", "batch", "size KB", "gzip KB",
+            "init ms", "first ms", "median ms", "p90 ms", "p99 ms", "runs", "peak RSS MB",
+            "accuracy", *[c[0] for c in extra], "pareto", "error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in records:
         kb = lambda k: None if r.get(k) is None else r[k] / 1024  # noqa: E731
+        cpus = r.get("cpus")
         cells = [
             r.get("name") or Path(str(r.get("file"))).name, r.get("format") or "",
-            str(r.get("threads", "")), str(r.get("batch", "")), _fmt(kb("bytes"), 1),
+            r.get("target") or "", str(r.get("threads", "")),
+            ",".join(map(str, cpus)) if cpus else "", str(r.get("batch", "")), _fmt(kb("bytes"), 1),
             _fmt(kb("gzip_bytes"), 1), _sig(r.get("init_ms")), _sig(r.get("first_ms")),
             _sig(r.get("median_ms")), _sig(r.get("p90_ms")), _sig(r.get("p99_ms")),
             "" if r.get("runs") is None else str(r["runs"]), _fmt(r.get("peak_rss_mb"), 1),
-            _fmt(r.get("accuracy"), 4), "yes" if _ok(r) and r.get("file") in front else "",
+            _fmt(r.get("accuracy"), 4),
+            *[_sig(r.get(key)) if digits is None else _fmt(r.get(key), digits)
+              for _, key, digits in extra],
+            "yes" if _ok(r) and r.get("file") in front else "",
             r.get("error") or "",
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
@@ -192,12 +204,18 @@ def _latency_png(records: list[dict]) -> bytes:
     if rows:
         y = np.arange(len(rows))
         med = np.array([r["median_ms"] for r in rows])
-        low = med - np.array([r["min_ms"] for r in rows])
-        high = np.array([r["p90_ms"] for r in rows]) - med
+        low = med - np.array([r["min_ms"] if r.get("min_ms") is not None else r["median_ms"] for r in rows])
+        # Whiskers: min to p90 (p95 where the tool printed no p90, e.g. benchmark_model).
+        upper = [r["p90_ms"] if r.get("p90_ms") is not None else (r.get("p95_ms") or r["median_ms"])
+                 for r in rows]
+        high = np.array(upper) - med
         ax.barh(y, med, xerr=[low, high], color="tab:blue", alpha=0.8, capsize=3,
                 label="median (whiskers: min to p90)")
-        ax.plot([r["p99_ms"] for r in rows], y, "x", color="tab:red", label="p99")
-        ax.set_yticks(y, [f"{r['name']} ({r['threads']}t, b{r['batch']})" for r in rows])
+        # A phone's benchmark_model prints no p99: those rows show no marker.
+        p99 = [np.nan if r.get("p99_ms") is None else r["p99_ms"] for r in rows]
+        ax.plot(p99, y, "x", color="tab:red", label="p99")
+        ax.set_yticks(y, [f"{r['name']} ({r['target'] + ', ' if r.get('target') else ''}"
+                          f"{r['threads']}t, b{r['batch']})" for r in rows])
         ax.invert_yaxis()
         ax.set_xlabel("latency per invoke (ms)")
         ax.legend(loc="best", fontsize="small")

@@ -4,7 +4,7 @@ Every runner takes float32 inputs shaped like the Keras model's input and return
 float32 outputs, whatever the file's own I/O types are (int8 I/O is quantized
 and dequantized here with the file's own scale and zero point).
 
-    >>> runner = open_runner("model.tflite", threads=1)
+    >>> runner = open_runner("model.tflite", threads=1)   # or .onnx, .keras, .ecz
     >>> probs = runner.predict(x_test)          # batched, float32
     >>> runner.prepare(batch=1); runner.invoke() # one timed call on prepared input
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from edgecomp.errors import EdgecompError
 
-FORMATS = {".tflite": "tflite", ".onnx": "onnx", ".keras": "keras"}
+FORMATS = {".tflite": "tflite", ".onnx": "onnx", ".keras": "keras", ".ecz": "ecz"}
 
 
 class Runner:
@@ -60,6 +60,8 @@ class Runner:
 
 
 class KerasRunner(Runner):
+    """A ``.keras`` file in Keras (safe mode), on TensorFlow with ``threads`` intra-op threads."""
+
     format = "keras"
 
     def _load(self):
@@ -69,13 +71,27 @@ class KerasRunner(Runner):
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except (ImportError, RuntimeError):
             pass
-        import keras
+        self.model = self._load_model()
+
+    def _load_model(self):
         from edgecomp.models import load_keras_model
-        self.model = load_keras_model(self.path)
-        self._keras = keras
+        return load_keras_model(self.path)
 
     def _run(self, x):
         return np.asarray(self.model(x, training=False), dtype=np.float32)
+
+
+class EczRunner(KerasRunner):
+    """A ``.ecz`` container, decoded with ``edgecomp.store.load_compressed`` and run as Keras.
+
+    The decode is part of the load, so a record's ``init_ms`` includes it.
+    """
+
+    format = "ecz"
+
+    def _load_model(self):
+        from edgecomp.store import load_compressed
+        return load_compressed(self.path)
 
 
 class LiteRTRunner(Runner):
@@ -181,7 +197,7 @@ class OnnxRunner(Runner):
         return self.sess.run([self._out], self._feed)[0]
 
 
-_RUNNERS = {"tflite": LiteRTRunner, "onnx": OnnxRunner, "keras": KerasRunner}
+_RUNNERS = {"tflite": LiteRTRunner, "onnx": OnnxRunner, "keras": KerasRunner, "ecz": EczRunner}
 
 
 def format_of(path: str | os.PathLike) -> str:
@@ -202,7 +218,7 @@ def set_cpu_affinity(cpus) -> set[int] | None:
         >>> old = set_cpu_affinity([0])
         >>> _ = set_cpu_affinity(old)  # restore
     """
-    if not hasattr(os, "sched_setaffinity"):
+    if not (hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity")):
         return None
     wanted = {int(c) for c in cpus}
     old = os.sched_getaffinity(0)
@@ -215,5 +231,10 @@ def set_cpu_affinity(cpus) -> set[int] | None:
 
 
 def open_runner(path: str | os.PathLike, threads: int = 1, **options) -> Runner:
-    """Open ``path`` in the runtime its suffix names (.tflite, .onnx, .keras)."""
+    """Open ``path`` in the runtime its suffix names (.tflite, .onnx, .keras, .ecz).
+
+    Example:
+        >>> open_runner("m.onnx", threads=2).predict(x).shape     # doctest: +SKIP
+        (64, 10)
+    """
     return _RUNNERS[format_of(path)](path, threads=threads, **options)

@@ -15,15 +15,17 @@ import numpy as np
 from edgecomp.errors import EdgecompError
 
 #: The keys :func:`summarize` returns, in order.
-STAT_KEYS = ("n", "mean_ms", "std_ms", "min_ms", "median_ms", "p90_ms", "p99_ms", "max_ms",
-             "runs_per_s")
+STAT_KEYS = ("n", "mean_ms", "std_ms", "min_ms", "p5_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms",
+             "max_ms", "runs_per_s")
 
 
 def summarize(times_s) -> dict:
     """Summarize latency samples given in seconds; times in the result are milliseconds.
 
-    Returns ``n``, ``mean_ms``, ``std_ms``, ``min_ms``, ``median_ms``, ``p90_ms``,
-    ``p99_ms``, ``max_ms`` and ``runs_per_s`` (``1000 / mean_ms``; None if the mean is 0).
+    Returns ``n``, ``mean_ms``, ``std_ms``, ``min_ms``, ``p5_ms``, ``median_ms``,
+    ``p90_ms``, ``p95_ms``, ``p99_ms``, ``max_ms`` and ``runs_per_s`` (``1000 /
+    mean_ms``; None if the mean is 0). p5/median/p95 are what LiteRT's
+    ``benchmark_model`` prints; p90/p99 what ONNX Runtime's perf test prints.
 
     Example:
         >>> s = summarize([0.001, 0.002, 0.003, 0.004, 0.005])
@@ -37,15 +39,17 @@ def summarize(times_s) -> dict:
         raise EdgecompError("latency samples must be finite and non-negative",
                             fix="pass durations in seconds")
     ms = t * 1e3
-    p50, p90, p99 = np.percentile(ms, [50.0, 90.0, 99.0], method="linear")
+    p5, p50, p90, p95, p99 = np.percentile(ms, [5.0, 50.0, 90.0, 95.0, 99.0], method="linear")
     mean = float(ms.mean())
     return {
         "n": int(ms.size),
         "mean_ms": mean,
         "std_ms": float(ms.std(ddof=0)),
         "min_ms": float(ms.min()),
+        "p5_ms": float(p5),
         "median_ms": float(p50),
         "p90_ms": float(p90),
+        "p95_ms": float(p95),
         "p99_ms": float(p99),
         "max_ms": float(ms.max()),
         "runs_per_s": float(1e3 / mean) if mean > 0 else None,

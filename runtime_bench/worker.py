@@ -1,11 +1,19 @@
 """The isolated measuring process: ``python -m runtime_bench.worker SPEC.json``.
 
-``SPEC.json`` names the model (``path``), the inputs (``x`` and optional ``y``,
-``.npy`` files read with ``allow_pickle=False``), the measuring ``settings`` and
-the ``out`` file where the result JSON is written (atomically). A bad model
-file is reported in the result's ``error`` field with exit code 0; a non-zero
-exit or a missing result means the worker itself failed (the parent reports
-that). Used by :func:`runtime_bench.bench_file`; not meant to be run by hand.
+``SPEC.json`` names the job, the model (``path``), the inputs (``x``, and for a
+``measure`` job optional labels ``y`` and reference outputs ``ref``: ``.npy``
+files read with ``allow_pickle=False``), the measuring ``settings`` and the
+``out`` file, written atomically:
+
+- ``"job": "measure"`` (the default): the result JSON of
+  :func:`runtime_bench.bench.measure_here`. A bad model file is reported in its
+  ``error`` field with exit code 0.
+- ``"job": "predict"``: the model's outputs for ``x`` as a ``.npy`` file (the
+  reference outputs for parity). A model that fails exits with code 1.
+
+A non-zero exit or a missing result means the job failed (the parent reports
+that, quoting the last line of stderr). Used by :func:`runtime_bench.bench_files`;
+not meant to be run by hand.
 
 Example:
     $ python -m runtime_bench.worker /tmp/runtime_bench_x/result_1.spec.json
@@ -27,13 +35,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = json.loads(Path(argv[0]).read_text())
 
-    from edgecomp.io import write_json
+    from edgecomp.errors import EdgecompError
+    from edgecomp.io import atomic_path, write_json
     from runtime_bench.bench import measure_here
 
     # A memmap: only the latency batch is paged in before peak memory is taken.
     x = np.load(spec["x"], mmap_mode="r", allow_pickle=False)
+    if spec.get("job", "measure") == "predict":
+        from runtime_bench.runners import open_runner
+        try:
+            pred = open_runner(spec["path"], threads=1).predict(x)
+        except EdgecompError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        with atomic_path(spec["out"]) as tmp, open(tmp, "wb") as fh:  # a file object: no suffix added
+            np.save(fh, pred, allow_pickle=False)
+        return 0
     y = np.load(spec["y"], allow_pickle=False) if spec.get("y") else None
-    result = measure_here(spec["path"], x, y, spec["settings"])
+    ref = np.load(spec["ref"], allow_pickle=False) if spec.get("ref") else None
+    result = measure_here(spec["path"], x, y, spec["settings"], ref=ref)
     write_json(spec["out"], result)
     return 0
 

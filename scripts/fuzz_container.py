@@ -177,27 +177,33 @@ def main(argv=None) -> int:
     started = time.time()
     for _ in tqdm(range(args.runs), desc="fuzz", unit="input", mininterval=2.0):
         run_one(mutate(rng, seeds), args.hang_s, stats, crashes_dir, trace=True)
-    atheris_runs = 0
+    tracemalloc.stop()
+    result = {"runs": args.runs, "atheris_runs": 0, "seconds": time.time() - started,
+              "corpus_sizes": [len(s) for s in seeds], "max_elements": MAX_ELEMENTS, **stats,
+              "note": "crash = any exception other than ContainerError; hang = a decode over hang_s; "
+                      "peak = tracemalloc peak of one decode (numpy buffers included)"}
+
+    def finish(extra_runs: int) -> int:
+        result["atheris_runs"] = extra_runs
+        result["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result.update({k: stats[k] for k in ("ok", "rejected", "crash", "hang", "max_decode_s", "crash_kinds")})
+        io.write_json(out / "fuzz.json", result)
+        print(json.dumps({k: v for k, v in result.items() if k != "corpus_sizes"}, indent=1), flush=True)
+        return 0 if stats["crash"] == 0 and stats["hang"] == 0 else 1
+
+    code = finish(0)
     if args.atheris:
         try:
             import atheris  # noqa: F401
         except ImportError:
             print("atheris is not installed: skipping coverage-guided runs (pip install atheris)")
         else:
-            atheris_runs = run_atheris(args.atheris, seeds, args.hang_s, stats, crashes_dir)
-    tracemalloc.stop()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"runs": args.runs, "atheris_runs": atheris_runs, "seconds": time.time() - started,
-              "corpus_sizes": [len(s) for s in seeds], "max_elements": MAX_ELEMENTS, **stats,
-              "process_peak_rss_mb": rss_mb,
-              "note": "crash = any exception other than ContainerError; hang = a decode over hang_s; "
-                      "peak = tracemalloc peak of one decode (numpy buffers included)"}
-    io.write_json(out / "fuzz.json", result)
-    print(json.dumps({k: v for k, v in result.items() if k != "corpus_sizes"}, indent=1))
-    return 0 if stats["crash"] == 0 and stats["hang"] == 0 else 1
+            # libFuzzer ends the process itself after the last run: the target writes the results then.
+            run_atheris(args.atheris, seeds, args.hang_s, stats, crashes_dir, finish)
+    return code
 
 
-def run_atheris(n: int, seeds: list[bytes], hang_s: float, stats: dict, crashes_dir: Path) -> int:
+def run_atheris(n: int, seeds: list[bytes], hang_s: float, stats: dict, crashes_dir: Path, finish) -> int:
     """Coverage-guided fuzzing with atheris for ``n`` inputs, seeded with the corpus."""
     import atheris
     import tempfile
@@ -211,13 +217,15 @@ def run_atheris(n: int, seeds: list[bytes], hang_s: float, stats: dict, crashes_
         count["n"] += 1
         run_one(bytes(fix_checksums(bytearray(data))) if data[:1] == b"\x89" else data, hang_s, stats,
                 crashes_dir, trace=False)
+        if count["n"] >= n:      # stop here ourselves: libFuzzer's own exit skips Python's clean-up
+            code = finish(count["n"])
+            sys.stdout.flush()
+            os._exit(code)
 
     atheris.instrument_all()
-    try:
-        atheris.Setup([sys.argv[0], f"-runs={n}", "-max_len=4096", str(corpus_dir)], target)
-        atheris.Fuzz()
-    except SystemExit:
-        pass
+    atheris.Setup([sys.argv[0], f"-runs={2 * n + len(seeds)}", "-max_len=4096", str(corpus_dir)], target)
+    atheris.Fuzz()
+    finish(count["n"])
     return count["n"]
 
 

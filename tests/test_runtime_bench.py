@@ -1,5 +1,5 @@
-"""runtime_bench: percentile maths, the latency loop, runners against Keras, the
-isolated worker, bad model files, and the report files.
+"""runtime_bench: percentile maths, the latency loop, runners against Keras (.tflite,
+.onnx, .keras, .ecz), the isolated worker, bad model files, and the report files.
 
 The fixture builds a tiny Keras CNN and converts it itself (TFLiteConverter and
 tf2onnx) so these tests do not depend on the exporters package.
@@ -42,6 +42,8 @@ def art(tmp_path_factory):
     model = keras.Model(inp, out)
 
     model.save(d / "tiny.keras")
+    from edgecomp.store import save_compressed
+    save_compressed(model, d / "tiny.ecz")
     (d / "tiny.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     fn = tf.function(lambda x: model(x, training=False),
                      input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32, name="x")])
@@ -57,6 +59,7 @@ def art(tmp_path_factory):
     return {"dir": d, "x": x, "y": y, "ref": ref,
             "acc": float(np.mean(ref.argmax(-1) == y)),
             "tflite": d / "tiny.tflite", "onnx": d / "tiny.onnx", "keras": d / "tiny.keras",
+            "ecz": d / "tiny.ecz",
             "bad_tflite": d / "bad.tflite", "bad_onnx": d / "bad.onnx",
             "missing": d / "missing.tflite"}
 
@@ -73,12 +76,15 @@ def test_summarize_known_values():
     # linear interpolation: position (n-1)*q = 3.6 -> 4 + 0.6*(5-4); 3.96 -> 4.96
     assert s["p90_ms"] == pytest.approx(4.6)
     assert s["p99_ms"] == pytest.approx(4.96)
+    assert s["p5_ms"] == pytest.approx(1.2) and s["p95_ms"] == pytest.approx(4.8)  # 0.2, 3.8
     assert s["runs_per_s"] == pytest.approx(1000 / 3)
 
     s = summarize(np.arange(1, 101) / 1e3)  # 1..100 ms
     assert s["median_ms"] == pytest.approx(50.5)
     assert s["p90_ms"] == pytest.approx(90.1)   # 89.1 -> 90 + 0.1
     assert s["p99_ms"] == pytest.approx(99.01)  # 98.01 -> 99 + 0.01
+    assert s["p5_ms"] == pytest.approx(5.95)    # 4.95 -> 5 + 0.95
+    assert s["p95_ms"] == pytest.approx(95.05)  # 94.05 -> 95 + 0.05
 
     one = summarize([0.002])
     assert one["std_ms"] == 0.0
@@ -134,7 +140,7 @@ def test_measure_latency_meets_both_run_count_and_min_time():
     assert res["runs"] >= 5 and res["timed_s"] >= 0.04
     assert res["min_ms"] >= 1.0                         # a sleep(1 ms) never takes less
     assert res["runs"] * res["min_ms"] / 1e3 <= res["timed_s"] + 1e-9
-    assert r.calls == 1 + 3 + res["runs"]               # first + warm-up + timed
+    assert r.calls == 1 + 3 + res["runs"] + (res["preempted"] or 0)   # first + warm-up + timed
     assert res["init_ms"] is None and res["warmup"] == 3
 
     # min_time_s=0: exactly the requested count; a factory gets its load timed
@@ -147,6 +153,30 @@ def test_measure_latency_meets_both_run_count_and_min_time():
     assert res["init_ms"] >= 20.0
     with pytest.raises(EdgecompError):
         measure_latency(SleepRunner(0.0), np.zeros((1, 2)), runs=0)
+
+
+def test_preempted_runs_are_dropped_and_counted(monkeypatch):
+    import runtime_bench.latency as latency
+
+    class Preempted(SleepRunner):
+        """Every third invoke is 'preempted': the fake switch counter moves during it."""
+        switches = 0
+
+        def _run(self, x):
+            out = super()._run(x)
+            if self.calls % 3 == 0:
+                Preempted.switches += 1
+            return out
+
+    monkeypatch.setattr(latency, "_involuntary_switches", lambda: Preempted.switches)
+    r = Preempted(0.0)
+    res = measure_latency(r, np.zeros((1, 2), np.float32), warmup=3, runs=6, min_time_s=0)
+    # calls 1 (first) and 2-4 (warm-up); timed 5..13 keeps 5,7,8,10,11,13 and drops 6,9,12
+    assert (res["runs"], res["preempted"], r.calls) == (6, 3, 13)
+    r = Preempted(0.0)
+    res = measure_latency(r, np.zeros((1, 2), np.float32), warmup=3, runs=6, min_time_s=0,
+                          drop_preempted=False)
+    assert (res["runs"], res["preempted"], r.calls) == (6, None, 10)
 
 
 def test_latency_record_fields_on_tflite(art):
@@ -165,7 +195,7 @@ def test_latency_record_fields_on_tflite(art):
 
 # -- runners agree with Keras ------------------------------------------------------
 
-@pytest.mark.parametrize("fmt", ["tflite", "onnx", "keras"])
+@pytest.mark.parametrize("fmt", ["tflite", "onnx", "keras", "ecz"])
 def test_runner_matches_keras(art, fmt):
     runner = open_runner(art[fmt], threads=1)
     assert runner.format == fmt
