@@ -67,8 +67,9 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of class scores ``probs`` against integer labels ``y``."""
-    return float(np.mean(np.argmax(probs, axis=-1) == np.asarray(y).reshape(-1)))
+    """Top-1 accuracy of class scores ``probs`` against integer labels ``y`` (per pixel for
+    segmentation maps)."""
+    return float(np.mean(np.argmax(probs, axis=-1).reshape(-1) == np.asarray(y).reshape(-1)))
 
 
 def evaluate(model, x, y, batch_size: int = 256) -> float:

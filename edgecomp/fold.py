@@ -1,0 +1,249 @@
+"""Fold inference-mode BatchNorm layers into the Conv/Dense layers beside them.
+
+In inference a BatchNormalization layer is a per-channel affine map
+``y = a * x + c`` with ``a = gamma / sqrt(var + eps)`` and ``c = beta - a * mean``.
+:func:`fold_batchnorm` returns a new model without the BN layers it can absorb:
+
+- **backward** (``conv -> BN``): the BN follows a ``Conv1D/2D/3D`` or ``Dense``
+  with no activation whose output feeds only that BN (DenseNet, Inception:
+  conv - BN - ReLU). The kernel's output channels are scaled by ``a``; the bias
+  becomes ``a * b + c``.
+- **forward** (``BN -> layer``): the BN's output feeds only (through any
+  Dropouts, identities at inference) a ``Dense`` or a 1x1 ``Conv`` whose
+  receptive field is one position, so there is no zero padding to disturb
+  (PointNet: conv - ReLU - BN - conv / dense). Input channel ``i`` of the
+  kernel is scaled by ``a[i]``; the bias gains ``sum_i c[i] * W[i, :]``.
+
+Any other BN stays as it is: e.g. ResNet's pre-activation BNs that follow an
+``Add`` (the BN after each block's first conv does fold), or a BN before a 3x3
+conv (zero padding) or a max-pool (which does not commute with a negative scale). The result computes the same function
+in inference mode (to float rounding); it is meant for storage and export, not
+for more training (the folded layers have no BN statistics to update).
+
+    >>> folded = fold_batchnorm(model)
+    >>> np.abs(folded.predict(x) - model.predict(x)).max() < 1e-4
+    True
+
+Only a functional (or Sequential) model's top-level layers are folded; a nested
+model is kept whole. Pruned zeros stay zeros (backward folding scales whole
+output channels, forward folding whole input channels).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+
+from edgecomp.errors import EdgecompError
+
+__all__ = ["fold_batchnorm", "bn_affine", "folded_summary"]
+
+_CONVS = ("Conv1D", "Conv2D", "Conv3D")
+_TARGETS = _CONVS + ("Dense",)
+
+
+def bn_affine(layer) -> tuple[np.ndarray, np.ndarray]:
+    """The inference-mode BN as ``(a, c)`` with ``y = a * x + c`` per channel (float64).
+
+    Example:
+        >>> a, c = bn_affine(model.get_layer("stem_bn"))
+    """
+    mean = np.asarray(layer.moving_mean.numpy(), np.float64)
+    var = np.asarray(layer.moving_variance.numpy(), np.float64)
+    gamma = np.asarray(layer.gamma.numpy(), np.float64) if layer.gamma is not None else np.ones_like(mean)
+    beta = np.asarray(layer.beta.numpy(), np.float64) if layer.beta is not None else np.zeros_like(mean)
+    a = gamma / np.sqrt(var + float(layer.epsilon))
+    return a, beta - a * mean
+
+
+def _functional_config(model) -> tuple[object, dict]:
+    """``(functional model, its config)``; a Sequential model is rewired as a functional one."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise EdgecompError("cannot fold an unbuilt Sequential model", fix="build or call the model first")
+        one = lambda ts: ts[0] if len(ts) == 1 else ts  # noqa: E731  (a single tensor, not a 1-list)
+        model = keras.Model(one(model.inputs), one(model.outputs), name=model.name)
+    if not isinstance(model, keras.Model) or "layers" not in (model.get_config() or {}):
+        raise EdgecompError(f"cannot fold BatchNorm in a {type(model).__name__} (a subclassed model)",
+                            fix="fold a functional or Sequential Keras model")
+    # Through JSON: plain lists and dicts (get_config has tuples), as a saved model would hold.
+    return model, json.loads(model.to_json())["config"]
+
+
+def _refs(obj):
+    """Every ``keras_history`` (layer, node, index) referenced inside a config fragment."""
+    if isinstance(obj, dict):
+        if "keras_history" in obj:
+            yield tuple(obj["keras_history"])
+        for v in obj.values():
+            yield from _refs(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _refs(v)
+
+
+def _replace_refs(obj, old: str, new_tensor: dict):
+    """Point every reference to layer ``old``'s output at ``new_tensor`` (a ``__keras_tensor__`` dict)."""
+    if isinstance(obj, dict):
+        hist = obj.get("config", {}).get("keras_history") if obj.get("class_name") == "__keras_tensor__" else None
+        if hist is not None and hist[0] == old:
+            return copy.deepcopy(new_tensor)
+        return {k: _replace_refs(v, old, new_tensor) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_replace_refs(v, old, new_tensor) for v in obj]
+    return obj
+
+
+def _io_refs(spec) -> list:
+    """``input_layers`` / ``output_layers`` as a list of [name, node, index] triples."""
+    return [spec] if spec and isinstance(spec[0], str) else list(spec or [])
+
+
+def _replace_io(spec, old: str, new: list):
+    if spec and isinstance(spec[0], str):
+        return list(new) if spec[0] == old else spec
+    return [list(new) if s[0] == old else s for s in spec]
+
+
+def _is_pointwise_conv(cfg: dict) -> bool:
+    size = cfg["kernel_size"] if isinstance(cfg["kernel_size"], (list, tuple)) else [cfg["kernel_size"]]
+    return all(int(k) == 1 for k in size) and int(cfg.get("groups", 1)) == 1
+
+
+def fold_batchnorm(model):
+    """A new model computing ``model``'s inference function with its foldable BN layers absorbed.
+
+    The original model is not changed. Returns a model with the same inputs,
+    outputs and layer names (less the folded BNs); layers that absorbed a BN get
+    a bias if they had none.
+
+    Example:
+        >>> from edgecomp.models import build_model
+        >>> m = build_model("densenet", (32, 32, 3), 10, depth=7, growth_rate=4)
+        >>> f = fold_batchnorm(m)
+        >>> sum(type(l).__name__ == "BatchNormalization" for l in f.layers)   # only the head's BN stays
+        1
+    """
+    import keras
+
+    model, config = _functional_config(model)
+    by_name = {layer.name: layer for layer in model.layers}
+    entries = {entry["name"]: entry for entry in config["layers"]}
+
+    # Consumers of each layer's outputs (counting the model outputs as one).
+    consumers: dict[str, list[str]] = {name: [] for name in entries}
+    for entry in config["layers"]:
+        for ref in _refs(entry["inbound_nodes"]):
+            consumers[ref[0]].append(entry["name"])
+    for ref in _io_refs(config["output_layers"]):
+        consumers[ref[0]].append("__output__")
+
+    def single_call(name: str) -> bool:
+        return len(entries[name]["inbound_nodes"]) == 1
+
+    def kind(name: str) -> str:
+        return type(by_name[name]).__name__ if name in by_name else ""
+
+    # Plan: bn name -> ("back" | "forward", target layer name).
+    plan: dict[str, tuple[str, str]] = {}
+    claimed: set[str] = set()
+    for entry in config["layers"]:
+        name = entry["name"]
+        layer = by_name.get(name)
+        if kind(name) != "BatchNormalization" or not single_call(name):
+            continue
+        axis = layer.axis if isinstance(layer.axis, int) else None
+        rank = len(layer.input.shape) if getattr(layer, "input", None) is not None else None
+        if axis is None or rank is None or axis not in (-1, rank - 1):
+            continue
+        srcs = list(_refs(entry["inbound_nodes"]))
+        if len(srcs) != 1:
+            continue
+        prev = srcs[0][0]
+        pcfg = entries[prev]["config"]
+        if (kind(prev) in _TARGETS and prev not in claimed and single_call(prev)
+                and consumers[prev] == [name] and pcfg.get("activation", "linear") == "linear"
+                and pcfg.get("data_format", "channels_last") == "channels_last"):
+            plan[name] = ("back", prev)
+            claimed.add(prev)
+            continue
+        nxt = name  # skip Dropouts (identities at inference) between the BN and its consumer
+        while len(consumers[nxt]) == 1 and kind(consumers[nxt][0]) == "Dropout" and single_call(consumers[nxt][0]):
+            nxt = consumers[nxt][0]
+        if len(consumers[nxt]) != 1:
+            continue
+        target = consumers[nxt][0]
+        tcfg = entries.get(target, {}).get("config", {})
+        ok_kind = kind(target) == "Dense" or (kind(target) in _CONVS and _is_pointwise_conv(tcfg)
+                                               and tcfg.get("data_format", "channels_last") == "channels_last")
+        if ok_kind and target not in claimed and single_call(target):
+            plan[name] = ("forward", target)
+            claimed.add(target)
+
+    if not plan:
+        return _copy_model(model, config)
+
+    # Rewire: drop each folded BN; its consumers (and any later BN's source) read the BN's input.
+    new_layers = [entry for entry in config["layers"] if entry["name"] not in plan]
+    sources = {bn: entries[bn]["inbound_nodes"][0]["args"][0] for bn in plan}
+    for bn in plan:
+        src_tensor = sources[bn]
+        new_layers = [{**e, "inbound_nodes": _replace_refs(e["inbound_nodes"], bn, src_tensor)} for e in new_layers]
+        sources = {k: _replace_refs(v, bn, src_tensor) for k, v in sources.items()}
+        config["output_layers"] = _replace_io(config["output_layers"], bn, src_tensor["config"]["keras_history"])
+    for _mode, target in plan.values():
+        tcfg = next(e for e in new_layers if e["name"] == target)["config"]
+        tcfg["use_bias"] = True
+    config["layers"] = new_layers
+
+    try:
+        folded = keras.Model.from_config(config)
+    except Exception as exc:  # Keras raises many types for a bad config
+        raise EdgecompError(f"cannot rebuild the model without its BatchNorm layers: {str(exc).splitlines()[0]}",
+                            fix="fold a plain functional model, or skip folding") from None
+
+    folded_into = {target: (mode, bn) for bn, (mode, target) in plan.items()}
+    for layer in folded.layers:
+        src = by_name[layer.name]
+        if layer.name not in folded_into:
+            layer.set_weights(src.get_weights())
+            continue
+        mode, bn = folded_into[layer.name]
+        a, c = bn_affine(by_name[bn])
+        w = np.asarray(src.kernel.numpy(), np.float64)
+        b = np.asarray(src.bias.numpy(), np.float64) if src.bias is not None else np.zeros(w.shape[-1])
+        if mode == "back":
+            w2, b2 = w * a, a * b + c
+        else:
+            shape = [1] * (w.ndim - 2) + [len(a), 1]
+            w2 = w * a.reshape(shape)
+            b2 = b + np.einsum("io,i->o", w.reshape(-1, len(a), w.shape[-1]).sum(axis=0), c)
+        layer.kernel.assign(w2.astype(np.float32))
+        layer.bias.assign(b2.astype(np.float32))
+    return folded
+
+
+def _copy_model(model, config):
+    """A same-weights copy (nothing to fold), so the caller always gets a new model."""
+    import keras
+
+    copy_ = keras.Model.from_config(config)
+    copy_.set_weights(model.get_weights())
+    return copy_
+
+
+def folded_summary(model, folded) -> dict:
+    """How many BN layers folding removed and how many stayed.
+
+    Example:
+        >>> folded_summary(model, fold_batchnorm(model))   # densenet, depth 40, growth 12
+        {'bn_before': 40, 'bn_after': 1, 'params_before': 591310, 'params_after': 589348}
+    """
+    count = lambda m: sum(type(layer).__name__ == "BatchNormalization" for layer in m.layers)  # noqa: E731
+    return {"bn_before": count(model), "bn_after": count(folded),
+            "params_before": int(model.count_params()), "params_after": int(folded.count_params())}
+
