@@ -34,8 +34,10 @@ class Artifact:
 
     ``bytes`` is the file size, ``gzip_bytes`` the size after ``gzip`` level 9
     (a proxy for download size), ``ops`` the sorted unique operator names in the
-    file, ``needs`` what running it takes (runtime, I/O dtypes, opset ...) and
-    ``parity`` the figures of :func:`exporters.check_parity` once checked.
+    file, ``needs`` what running it takes (runtime, I/O dtypes, opset, the
+    runtime setting it loads with: ``resolver`` for LiteRT, ``optimization``
+    for ONNX Runtime; ``load_check`` has each setting tried) and ``parity``
+    the figures of :func:`exporters.check_parity` once checked.
 
     Example:
         >>> json.dumps(art.to_dict())   # paths become strings
@@ -101,10 +103,29 @@ def gzip_size(data: bytes) -> int:
 
 
 def build_artifact(exporter: Exporter, variant: str, path: Path, data: bytes) -> Artifact:
-    """Describe ``data`` (already written at ``path``) as an :class:`Artifact`."""
+    """Describe ``data`` (to be written, or already written, at ``path``) as an :class:`Artifact`."""
     ops, needs = exporter.describe(data)
     return Artifact(path=Path(path), format=exporter.format, variant=variant, bytes=len(data),
                     gzip_bytes=gzip_size(data), ops=ops, needs=needs, parity=None)
+
+
+def check_calibration(model, calibration, fmt: str, variant: str) -> np.ndarray:
+    """``calibration`` as float32 ``(N, *input shape)``, or a one-line EdgecompError.
+
+    Example:
+        >>> x = check_calibration(model, x_train[:200], "onnx", "int8")
+    """
+    if calibration is None:
+        raise EdgecompError(f"the {fmt} {variant} variant needs calibration data",
+                            fix="pass calibration= a float32 array of ~200 training inputs")
+    x = np.asarray(calibration, dtype=np.float32)
+    want = tuple(model.inputs[0].shape[1:])
+    if x.ndim != len(want) + 1 or any(w is not None and w != g for w, g in zip(want, x.shape[1:])):
+        raise EdgecompError(f"calibration data has shape {x.shape}, the model takes (N, {', '.join(map(str, want))})",
+                            fix="pass inputs shaped like the model's, N first")
+    if len(x) == 0:
+        raise EdgecompError("calibration data is empty", fix="pass ~200 training inputs")
+    return x
 
 
 def convert_to_bytes(model, fmt: str, variant: str,
@@ -119,7 +140,7 @@ def export(model, fmt: str, variant: str, out_path: str | os.PathLike,
     """Convert ``model`` to ``fmt``/``variant`` and write it atomically to ``out_path``.
 
     ``calibration`` (float32, shaped like the model input, N first; e.g. 200
-    training images) is needed by the quantizing variants (``tflite`` ``int8``).
+    training images) is needed by the statically quantized variants (``int8*``).
 
     Example:
         >>> art = export(model, "onnx", "fp32", "out/model.onnx")
@@ -127,8 +148,11 @@ def export(model, fmt: str, variant: str, out_path: str | os.PathLike,
         ['Conv', 'MatMul', 'MaxPool', ...]
     """
     exporter, data = convert_to_bytes(model, fmt, variant, calibration)
-    path = io.write_bytes(out_path, data)
-    return build_artifact(exporter, variant, path, data)
+    # Described (and load-probed) before writing, so a file no runtime setting
+    # loads is never written.
+    artifact = build_artifact(exporter, variant, Path(out_path), data)
+    io.write_bytes(out_path, data)
+    return artifact
 
 
 def suffix_of(fmt: str) -> str:

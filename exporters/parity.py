@@ -35,13 +35,18 @@ UPPER_BOUNDED = frozenset({"max_abs_diff", "mean_abs_diff"})
 FIGURES = ("max_abs_diff", "mean_abs_diff", "top1_agreement",
            "accuracy_keras", "accuracy_artifact", "accuracy_delta")
 
-#: Default thresholds per variant. Override per call with ``thresholds={figure: limit}``
-#: (``None`` drops a check), or change this dict for the whole process.
+#: Default thresholds per variant (the same name means the same precision in every
+#: format). Override per call with ``thresholds={figure: limit}`` (``None`` drops a
+#: check), or change this dict for the whole process. ``-sparse`` variants store the
+#: same weights, so they get their dense variant's limits.
+_FP32 = {"max_abs_diff": 1e-4, "top1_agreement": 1.0}
+_FP16 = {"max_abs_diff": 1e-2, "top1_agreement": 0.99}
+_INT8 = {"top1_agreement": 0.99, "accuracy_delta": -0.005}
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"max_abs_diff": 1e-4, "top1_agreement": 1.0},
-    "fp16": {"max_abs_diff": 1e-2, "top1_agreement": 0.99},
-    "dynamic": {"top1_agreement": 0.99, "accuracy_delta": -0.005},
-    "int8": {"top1_agreement": 0.99, "accuracy_delta": -0.005},
+    name + sparse: dict(limits)
+    for name, limits in (("fp32", _FP32), ("fp16", _FP16), ("dynamic", _INT8), ("int8", _INT8),
+                         ("int8-floatio", _INT8))
+    for sparse in ("", "-sparse")
 }
 
 
@@ -131,9 +136,10 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
 
     if isinstance(artifact_or_path, Artifact):
         path, variant = artifact_or_path.path, variant or artifact_or_path.variant
-        resolver = artifact_or_path.needs.get("resolver")
-        if resolver and resolver != "default":
-            runner_options.setdefault("resolver", resolver)
+        # The runtime setting the exporter found the file loads with.
+        for key in ("resolver", "optimization"):
+            if artifact_or_path.needs.get(key):
+                runner_options.setdefault(key, artifact_or_path.needs[key])
     else:
         path = Path(artifact_or_path)
     x = np.asarray(x, dtype=np.float32)

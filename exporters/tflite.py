@@ -1,19 +1,35 @@
-"""TFLite (LiteRT) export: ``fp32``, ``fp16``, ``dynamic`` (dynamic-range int8) and ``int8``.
+"""TFLite (LiteRT) export in ten variants: ``<precision>[-floatio][-sparse]``.
 
-``int8`` is full-integer quantization with int8 input and output; it needs a
-float32 calibration set shaped like the model input (e.g. 200 training images),
-fed to the converter one image at a time.
+========================  =====================================================
+``fp32``                  float32 weights and compute
+``fp16``                  float16 weights (dequantized to float32 at load)
+``dynamic``               dynamic-range: int8 weights, float I/O, int8 compute
+                          where the kernel supports it
+``int8``                  full integer: int8 weights and activations, int8 I/O
+                          (calibrated on a representative set)
+``int8-floatio``          full integer inside, float32 input and output
+``<any>-sparse``          the same plus ``Optimize.EXPERIMENTAL_SPARSITY``:
+                          weights with >= 30% zeros are stored sparse
+========================  =====================================================
 
     >>> from exporters import export
-    >>> art = export(model, "tflite", "int8", "m_int8.tflite", calibration=x_train[:200])
-    >>> art.needs["input_dtype"], "CONV_2D" in art.ops
-    ('int8', True)
+    >>> art = export(model, "tflite", "int8-sparse", "m.tflite", calibration=x_train[:200])
+    >>> art.needs["resolver"], art.needs["sparse_weights"][0]["kernel"]
+    ('default', 'sparse')
 
-More variants (e.g. sparse ones via ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY``)
-go in :data:`_SETTINGS` and, if they need a converter option, :func:`_configure`.
-Note for those: on ai-edge-litert 2.3 int8 + EXPERIMENTAL_SPARSITY files fail
-to prepare under the default XNNPACK delegate and need the ``builtin`` op
-resolver (``needs["resolver"] = "builtin"``).
+What a ``-sparse`` file holds depends on the weights' zero pattern. A tensor
+pruned in the blocks LiteRT's sparse FULLY_CONNECTED kernels run (float 1x4,
+int8 1x16 along the input dimension; see :func:`edgecomp.pruning.block_mask`)
+is used as it is stored (``kernel: "sparse"``). Any other pattern is stored as
+CSR behind a DENSIFY op that rebuilds the dense tensor at load
+(``kernel: "densify"``): smaller file, same compute, more memory.
+``needs["sparse_weights"]`` lists each sparse tensor and which of the two it
+got; ``needs["resolver"]`` the LiteRT op resolver the file runs correctly with
+(tried in fresh processes at export, ``default`` first, its outputs compared
+with ``builtin``'s; ``needs["load_check"]`` has each attempt; the LiteRT quirks
+this catches are listed in :func:`loadable_resolver`). Block-sparse weights
+whose input size is not a multiple of the block are refused
+(:func:`check_block_shapes`).
 """
 
 from __future__ import annotations
@@ -28,30 +44,31 @@ import numpy as np
 
 from edgecomp.errors import EdgecompError
 
-from . import base
+from . import base, probe
 
-#: variant -> converter settings: optimize (Optimize.DEFAULT), float16 weights,
+#: Precision -> converter settings: optimize (Optimize.DEFAULT), float16 weights,
 #: calibrate (representative dataset, int8 builtins only), int8_io (int8 input/output).
-_SETTINGS: dict[str, dict] = {
+_PRECISIONS: dict[str, dict] = {
     "fp32": {},
     "fp16": {"optimize": True, "float16": True},
     "dynamic": {"optimize": True},
     "int8": {"optimize": True, "calibrate": True, "int8_io": True},
+    "int8-floatio": {"optimize": True, "calibrate": True},
 }
 
+#: Variant name -> converter settings (``sparse``: Optimize.EXPERIMENTAL_SPARSITY).
+_SETTINGS: dict[str, dict] = {
+    **_PRECISIONS,
+    **{f"{name}-sparse": {**s, "sparse": True} for name, s in _PRECISIONS.items()},
+}
 
-def _calibration_feed(model, calibration):
+#: LiteRT op resolvers tried at export, in order (runtime_bench.runners names).
+RESOLVERS = ("default", "builtin")
+
+
+def _calibration_feed(model, calibration, variant: str):
     """A representative-dataset generator: each calibration sample as a batch of one."""
-    if calibration is None:
-        raise EdgecompError("the tflite int8 variant needs calibration data",
-                            fix="pass calibration= a float32 array of ~200 training inputs")
-    x = np.asarray(calibration, dtype=np.float32)
-    want = tuple(model.inputs[0].shape[1:])
-    if x.ndim != len(want) + 1 or any(w is not None and w != g for w, g in zip(want, x.shape[1:])):
-        raise EdgecompError(f"calibration data has shape {x.shape}, the model takes (N, {', '.join(map(str, want))})",
-                            fix="pass inputs shaped like the model's, N first")
-    if len(x) == 0:
-        raise EdgecompError("calibration data is empty", fix="pass ~200 training inputs")
+    x = base.check_calibration(model, calibration, "tflite", variant)
 
     def feed():
         for i in range(len(x)):
@@ -64,12 +81,16 @@ def _configure(converter, variant: str, model, calibration) -> None:
     import tensorflow as tf
 
     s = _SETTINGS[variant]
+    optimizations = []
     if s.get("optimize"):
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if s.get("sparse"):
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    converter.optimizations = optimizations
     if s.get("float16"):
         converter.target_spec.supported_types = [tf.float16]
     if s.get("calibrate"):
-        converter.representative_dataset = _calibration_feed(model, calibration)
+        converter.representative_dataset = _calibration_feed(model, calibration, variant)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if s.get("int8_io"):
         converter.inference_input_type = tf.int8
@@ -155,16 +176,73 @@ def _tensor_io(schema, subgraph, index: int, dtypes: dict[int, str]) -> dict:
     return info
 
 
+#: Bytes per element of the tensor types a weight can have.
+_ITEM_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT8": 1, "UINT8": 1, "INT16": 2, "INT32": 4, "INT64": 8}
+
+
+def _block_shape(sparsity, rank: int) -> list[int] | None:
+    """Block shape of a sparse tensor (e.g. ``[1, 16]``), or None for plain (unblocked) CSR."""
+    if sparsity.BlockMapLength() == 0:
+        return None
+    block = [1] * rank
+    for k in range(sparsity.BlockMapLength()):
+        block[int(sparsity.BlockMap(k))] = int(sparsity.DimMetadata(rank + k).DenseSize())
+    return block
+
+
+def _sparse_weights(model, subgraph, op_names: list[str], dtypes: dict[int, str]) -> list[dict]:
+    """One row per sparse weight tensor: the op that uses it and whether it runs sparse or densified.
+
+    A weight reaches its op directly (``kernel: "sparse"``) or through a DENSIFY
+    op and/or a DEQUANTIZE op (fp16 weights); ``via`` lists those in order.
+    """
+    consumers: dict[int, list[int]] = {}
+    for o in range(subgraph.OperatorsLength()):
+        for index in subgraph.Operators(o).InputsAsNumpy():
+            consumers.setdefault(int(index), []).append(o)
+    rows = []
+    for index in range(subgraph.TensorsLength()):
+        t = subgraph.Tensors(index)
+        if t.Sparsity() is None:
+            continue
+        shape = [int(d) for d in t.ShapeAsNumpy()]
+        dtype = dtypes.get(t.Type(), str(t.Type()))
+        stored = model.Buffers(t.Buffer()).DataLength() // _ITEM_BYTES.get(dtype, 1)
+        # Follow DENSIFY / DEQUANTIZE to the op that computes with the weight.
+        frontier, via = [(o, []) for o in consumers.get(index, [])], None
+        users = []
+        while frontier:
+            o, path = frontier.pop(0)
+            if op_names[o] in ("DENSIFY", "DEQUANTIZE") and len(path) < 2:
+                out = int(subgraph.Operators(o).Outputs(0))
+                frontier += [(c, path + [op_names[o]]) for c in consumers.get(out, [])]
+            else:
+                users.append(op_names[o])
+                via = path
+        rows.append({"op": "/".join(sorted(set(users))) or "?", "tensor": t.Name().decode("utf-8", "replace"),
+                     "shape": shape, "dtype": dtype.lower(),
+                     "kernel": "densify" if via and "DENSIFY" in via else "sparse", "via": via or [],
+                     "block": _block_shape(t.Sparsity(), len(shape)),
+                     "stored_fraction": round(stored / max(1, int(np.prod(shape))), 4)})
+    return rows
+
+
 def read_tflite(data: bytes) -> tuple[list[str], dict]:
     """Sorted unique op names used by the operators of ``data``, and what running it needs.
 
     Builtin ops are named as in the schema (``CONV_2D``); custom ops as
-    ``CUSTOM:<code>``.
+    ``CUSTOM:<code>``. ``needs["sparse_weights"]`` has one row per sparse
+    weight: the op using it, ``kernel`` (``"sparse"``: the op runs on the
+    sparse tensor; ``"densify"``: a DENSIFY op rebuilds it at load), ``via``
+    (the DENSIFY / DEQUANTIZE ops in between), ``block``
+    (e.g. ``[1, 16]``, None for plain CSR) and ``stored_fraction`` (values
+    stored / dense size). The resolver here is ``"default"``; the exporter's
+    ``describe`` replaces it with the one that really loads the file.
 
     Example:
         >>> ops, needs = read_tflite(Path("m.tflite").read_bytes())
-        >>> needs["input"]["dtype"]
-        'float32'
+        >>> needs["input"]["dtype"], needs["sparse_weights"]
+        ('float32', [])
     """
     schema = _schema()
     if not schema.Model.ModelBufferHasIdentifier(data, 0):
@@ -189,14 +267,70 @@ def read_tflite(data: bytes) -> tuple[list[str], dict]:
         for o in range(sg.OperatorsLength()):
             used.add(codes[sg.Operators(o).OpcodeIndex()])
     main = model.Subgraphs(0)
+    op_names = [codes[main.Operators(o).OpcodeIndex()] for o in range(main.OperatorsLength())]
     needs = {
         "runtime": "ai-edge-litert",
         "resolver": "default",
         "input": _tensor_io(schema, main, int(main.Inputs(0)), dtypes),
         "output": _tensor_io(schema, main, int(main.Outputs(0)), dtypes),
         "schema_version": int(model.Version()),
+        "sparse_weights": _sparse_weights(model, main, op_names, dtypes),
     }
     return sorted(used), needs
+
+
+def loadable_resolver(data: bytes) -> tuple[str, dict[str, str]]:
+    """The first of :data:`RESOLVERS` that runs ``data`` as the built-in kernels do (fresh processes).
+
+    Quirks of ai-edge-litert 2.3 this catches:
+
+    * the default XNNPACK delegate claims FULLY_CONNECTED and CONV_2D nodes whose
+      int8 weights come from a DENSIFY op and then fails to prepare them
+      ("failed to delegate ... failed to prepare"); such files need ``builtin``
+      (BUILTIN_WITHOUT_DEFAULT_DELEGATES);
+    * ``dynamic-sparse`` files whose FULLY_CONNECTED weights are block-sparse
+      (per-channel int8, no DENSIFY) load under XNNPACK but give wrong outputs
+      (about half the top-1 classes change); the built-in kernels are right, so
+      these get ``builtin`` too;
+    * ``fp16-sparse`` files with block-sparse FULLY_CONNECTED weights give NaN
+      under both resolvers, so no setting is accepted and the export fails.
+
+    Block-sparse int8 FULLY_CONNECTED weights (``int8-sparse``) are left to the
+    built-in sparse kernel by XNNPACK and load with ``default``.
+
+    Example:
+        >>> loadable_resolver(Path("m_int8-sparse.tflite").read_bytes())
+        ('builtin', {'resolver=default': 'LiteRT cannot load ...', 'resolver=builtin': 'ok'})
+    """
+    setting, tried = probe.choose_setting(data, ".tflite", [{"resolver": r} for r in RESOLVERS])
+    if setting is None:
+        raise EdgecompError("no LiteRT op resolver runs the converted file: "
+                            + "; ".join(f"{k}: {v}" for k, v in tried.items()),
+                            fix="export another variant (e.g. the dense one)")
+    return setting["resolver"], tried
+
+
+def check_block_shapes(data: bytes) -> None:
+    """Refuse block-sparse FULLY_CONNECTED weights whose input size is not a multiple of the block.
+
+    ai-edge-litert 2.3 (TF 2.21 converter): a float (1x4) or int8 (1x16)
+    block-sparse FULLY_CONNECTED weight with a short last block (e.g. 75 inputs
+    in 1x4 blocks, or 200 in 1x16 blocks) is written, loads, and computes wrong
+    outputs (measured: errors as large as the outputs; on a small classifier
+    top-1 still agreed, so the parity gate alone may miss it).
+    """
+    _, needs = read_tflite(data)
+    for row in needs["sparse_weights"]:
+        if row["kernel"] != "sparse" or not row["block"]:
+            continue
+        ragged = [(d, b) for d, b in zip(row["shape"], row["block"]) if b > 1 and d % b]
+        if ragged:
+            size, block = ragged[0]
+            raise EdgecompError(
+                f"LiteRT runs the block-sparse weight of {row['op']} '{row['tensor'].split(';')[0]}' wrongly: "
+                f"its input size {size} is not a multiple of the {block}-wide blocks",
+                fix="prune that layer with edgecomp.pruning.block_mask only where the size divides, "
+                    "or export the dense variant")
 
 
 class TFLiteExporter:
@@ -207,10 +341,15 @@ class TFLiteExporter:
     variants = tuple(_SETTINGS)
 
     def convert(self, model, variant: str, calibration=None) -> bytes:
-        return _convert(model, variant, calibration)
+        data = _convert(model, variant, calibration)
+        if _SETTINGS[variant].get("sparse"):
+            check_block_shapes(data)
+        return data
 
     def describe(self, data: bytes) -> tuple[list[str], dict]:
-        return read_tflite(data)
+        ops, needs = read_tflite(data)
+        needs["resolver"], needs["load_check"] = loadable_resolver(data)
+        return ops, needs
 
 
 base.register(TFLiteExporter())

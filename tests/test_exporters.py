@@ -1,10 +1,14 @@
-"""exporters: every variant converts, describes itself, runs, and passes (or fails) its parity gate."""
+"""exporters: every dense variant converts, describes itself, runs, and passes (or fails) its parity gate.
+
+The ``-sparse`` variants need pruned weights; they are tested in test_exporters_sparse.py.
+"""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +23,7 @@ from exporters import VARIANTS, Artifact, ParityError, check_parity, export, exp
 from exporters.base import get_exporter  # noqa: E402
 from runtime_bench.runners import open_runner  # noqa: E402
 
-ALL = [(fmt, v) for fmt, variants in VARIANTS.items() for v in variants]
+ALL = [(fmt, v) for fmt, variants in VARIANTS.items() for v in variants if not v.endswith("-sparse")]
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
 
 
@@ -74,8 +78,22 @@ def test_trained_model_is_meaningful(data):
 
 
 def test_required_variants_registered():
-    assert {"fp32", "int8"} <= set(VARIANTS["tflite"])
-    assert "fp32" in VARIANTS["onnx"]
+    dense = {"fp32", "fp16", "dynamic", "int8", "int8-floatio"}
+    assert set(VARIANTS["tflite"]) == dense | {f"{v}-sparse" for v in dense}
+    assert set(VARIANTS["onnx"]) == {"fp32", "int8", "dynamic", "fp32-sparse", "int8-sparse", "dynamic-sparse"}
+
+
+def test_every_variant_has_thresholds():
+    from exporters.parity import DEFAULT_THRESHOLDS
+
+    for variants in VARIANTS.values():
+        for v in variants:
+            limits = DEFAULT_THRESHOLDS[v]
+            assert limits["top1_agreement"] >= 0.99
+            if v.startswith("fp32"):
+                assert limits == {"max_abs_diff": 1e-4, "top1_agreement": 1.0}
+            if v.startswith(("int8", "dynamic")):
+                assert limits["accuracy_delta"] == -0.005
 
 
 @pytest.mark.parametrize("fmt,variant", ALL)
@@ -102,24 +120,71 @@ def test_to_dict_is_json(artifacts):
 
 
 def test_ops(artifacts):
-    for variant in VARIANTS["tflite"]:
-        ops = artifacts["tflite", variant].ops
+    for fmt, variant in ALL:
+        if fmt != "tflite":
+            continue
+        ops = artifacts[fmt, variant].ops
         assert {"CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "SOFTMAX"} <= set(ops), ops
+        assert "DENSIFY" not in ops
     onnx_ops = artifacts["onnx", "fp32"].ops
     assert {"Conv", "MaxPool", "Softmax"} <= set(onnx_ops), onnx_ops
     assert {"MatMul", "Gemm"} & set(onnx_ops), onnx_ops
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(artifacts["onnx", "int8"].ops)
+    assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"} <= set(artifacts["onnx", "dynamic"].ops)
 
 
-def test_onnx_file_is_valid_with_dynamic_batch(artifacts, data):
-    art = artifacts["onnx", "fp32"]
+def test_runtime_setting_is_recorded(artifacts):
+    for (fmt, variant), art in artifacts.items():
+        if fmt == "tflite":  # dense files load with XNNPACK, checked in a fresh process
+            assert art.needs["resolver"] == "default"
+            assert art.needs["load_check"] == {"resolver=default": "ok"}
+            assert art.needs["sparse_weights"] == []
+        else:
+            assert art.needs["optimization"] == "all"
+            assert art.needs["load_check"] == {"optimization=all": "ok"}
+            assert art.needs["sparse_initializers"] == []
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "dynamic"])
+def test_onnx_file_is_valid_with_dynamic_batch(artifacts, data, variant):
+    art = artifacts["onnx", variant]
     onnx.checker.check_model(str(art.path), full_check=True)
     proto = onnx.load(str(art.path))
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
     assert art.needs["opset"] == 17 and art.needs["runtime"] == "onnxruntime"
+    assert art.needs["input"]["dtype"] == art.needs["output"]["dtype"] == "float32"
     assert not proto.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
     runner = open_runner(art.path)
     for n in (1, 7):
         assert runner.predict(data["x_test"][:n]).shape == (n, 4)
+
+
+def test_onnx_int8_is_per_channel_qdq(artifacts):
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(artifacts["onnx", "int8"].path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    weights = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+               and inits[n.input[0]].ndim >= 2]
+    assert len(weights) == 3  # one conv and two dense kernels
+    for node in weights:
+        assert inits[node.input[0]].dtype == np.int8
+        assert inits[node.input[1]].ndim == 1 and inits[node.input[1]].size > 1  # a scale per channel
+
+
+def test_calibration_reader_feeds_every_sample_once():
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from exporters.onnx import ArrayCalibrationReader
+
+    x = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    reader = ArrayCalibrationReader("input", x, batch=20)
+    assert isinstance(reader, CalibrationDataReader) and len(reader) == 3
+    got = [b["input"] for b in iter(reader.get_next, None)]
+    assert [len(b) for b in got] == [20, 20, 10] and np.array_equal(np.concatenate(got), x)
+    assert reader.get_next() is None
+    reader.rewind()
+    assert reader.get_next()["input"].shape == (20, 3)
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
@@ -150,18 +215,24 @@ def test_int8_has_int8_io_and_runs(artifacts, data):
 
 
 def test_float_variants_keep_float_io(artifacts):
-    for variant in ("fp32", "fp16", "dynamic"):
-        if variant in VARIANTS["tflite"]:
-            needs = artifacts["tflite", variant].needs
-            assert needs["input"]["dtype"] == needs["output"]["dtype"] == "float32"
-            assert needs["input"]["shape"][0] == -1  # dynamic batch
+    for variant in ("fp32", "fp16", "dynamic", "int8-floatio"):
+        needs = artifacts["tflite", variant].needs
+        assert needs["input"]["dtype"] == needs["output"]["dtype"] == "float32"
+        assert needs["input"]["shape"][0] == -1  # dynamic batch
+
+
+def test_int8_floatio_is_integer_inside(artifacts):
+    art = artifacts["tflite", "int8-floatio"]
+    assert {"QUANTIZE", "DEQUANTIZE"} <= set(art.ops)
+    # same integer graph as int8, plus the float edges: top-1 agrees with it everywhere
+    assert art.parity["top1_agreement"] >= 0.99 and art.parity["accuracy_delta"] >= -0.005
 
 
 def test_quantized_variants_are_smaller(artifacts):
-    fp32 = artifacts["tflite", "fp32"].bytes
-    for variant in ("int8", "dynamic", "fp16"):
-        if variant in VARIANTS["tflite"]:
-            assert artifacts["tflite", variant].bytes < fp32, variant
+    for fmt, variants in (("tflite", ("int8", "int8-floatio", "dynamic", "fp16")), ("onnx", ("int8", "dynamic"))):
+        fp32 = artifacts[fmt, "fp32"].bytes
+        for variant in variants:
+            assert artifacts[fmt, variant].bytes < fp32, (fmt, variant)
 
 
 def _perturbed(model):
@@ -239,8 +310,56 @@ def test_mistakes_are_one_line_errors(data, tmp_path):
         export(m, "tflite", "int8", tmp_path / "a.tflite", calibration=np.zeros((4, 10, 10, 1), np.float32))
     with pytest.raises(EdgecompError, match="unknown export format"):
         export(m, "coreml", "fp32", tmp_path / "a.mlmodel")
-    with pytest.raises(EdgecompError, match="no variant 'int8'"):
+    with pytest.raises(EdgecompError, match="onnx int8 variant needs calibration"):
         export(m, "onnx", "int8", tmp_path / "a.onnx")
+    with pytest.raises(EdgecompError, match="no variant 'fp16'"):
+        export(m, "onnx", "fp16", tmp_path / "a.onnx")
     with pytest.raises(EdgecompError, match="must end in .onnx"):
         export_and_check(m, "onnx", "fp32", tmp_path / "a.tflite", check_x=data["x_test"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_probe_survives_a_file_no_runtime_can_load(tmp_path):
+    from exporters.probe import choose_setting, probe
+
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"TFL3 but not a model")
+    status, out = probe(junk, {"resolver": "default"})
+    assert status != "ok" and out is None and "\n" not in status
+    setting, tried = choose_setting(b"not onnx", ".onnx", [{"optimization": "all"}, {"optimization": "disable"}])
+    assert setting is None and set(tried) == {"optimization=all", "optimization=disable"}
+    assert all(v != "ok" for v in tried.values())
+
+
+def test_cli_export_writes_a_manifest(tmp_path):
+    """``edgecomp export`` on a tiny .keras file with synthetic data: files plus export.json."""
+    from edgecomp.cli import main
+    from edgecomp.data import load_dataset
+
+    ds = load_dataset("synthetic_images", n_train=512, n_test=256)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(ds.input_shape)
+    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inp)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inp, keras.layers.Dense(ds.num_classes, activation="softmax")(h))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(ds.x_train, ds.y_train, batch_size=32, epochs=6, verbose=0)
+    model_path = tmp_path / "tiny.keras"
+    model.save(model_path)
+    out = tmp_path / "out"
+    assert main(["export", str(model_path), "--format", "tflite,onnx", "--variants", "fp32,int8",
+                 "--data", "synthetic_images", "-o", str(out)]) == 0
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["model"] == str(model_path)
+    arts = {(a["format"], a["variant"]): a for a in manifest["artifacts"]}
+    assert set(arts) == {("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8")}
+    for (fmt, variant), a in arts.items():
+        path = Path(a["path"])
+        assert path.is_file() and path.stat().st_size == a["bytes"] and path.suffix == f".{fmt}"
+        assert a["parity"]["passed"] and a["parity"]["variant"] == variant and a["parity"]["n"] == 256
+        assert a["needs"]["load_check"] and all(v == "ok" for v in a["needs"]["load_check"].values())
+    assert arts["tflite", "int8"]["needs"]["input"]["dtype"] == "int8"
+    assert arts["onnx", "int8"]["needs"]["input"]["dtype"] == "float32"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["export.json", "tiny_fp32.tflite", "tiny_int8.tflite", "tiny_fp32.onnx", "tiny_int8.onnx"])

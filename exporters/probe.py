@@ -1,0 +1,164 @@
+"""Does the runtime load this file, and compute the same thing, under which setting?
+
+A runtime can abort the whole process on a file it cannot handle, so every
+attempt runs in ``python -m exporters.probe FILE key=value ...``: it opens the
+file with :func:`runtime_bench.runners.open_runner` (the path the parity check
+and the benchmarks take), runs a fixed batch of random inputs through it and
+prints the outputs as one JSON line.
+
+:func:`choose_setting` tries the settings in order. The first one that loads
+is taken if its outputs match those of the *reference* setting (the last in the
+list: LiteRT's built-in kernels, ONNX Runtime without graph rewrites), so that
+a delegate that loads a file but computes it wrongly is caught as well as one
+that refuses it.
+
+    >>> setting, tried = choose_setting(data, ".tflite", [{"resolver": "default"}, {"resolver": "builtin"}])
+    >>> setting, tried
+    ({'resolver': 'builtin'}, {'resolver=default': 'LiteRT cannot load ...', 'resolver=builtin': 'ok'})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: Seconds one load attempt may take before it counts as failed.
+TIMEOUT_S = 120.0
+
+#: Largest output difference to the reference setting, relative to the reference's
+#: largest output magnitude, that still counts as "computes the same". Kernels of
+#: different back-ends round differently (int8: about one step per layer); a
+#: miscomputing one is off by the size of the output itself.
+RELATIVE_TOLERANCE = 0.1
+
+#: Random inputs (uniform in [0, 1), seed 0) each probe runs.
+PROBE_BATCH = 8
+
+
+def _label(setting: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in setting.items()) or "defaults"
+
+
+def probe(path: str | os.PathLike, setting: dict, timeout_s: float = TIMEOUT_S) -> tuple[str, np.ndarray | None]:
+    """``("ok", outputs)`` if ``path`` loads and runs under ``setting`` in a fresh process, else ``(why not, None)``.
+
+    Example:
+        >>> status, out = probe("m_int8-sparse.tflite", {"resolver": "builtin"})
+        >>> status, out.shape
+        ('ok', (8, 10))
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(_PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = [sys.executable, "-m", "exporters.probe", str(path)] + [f"{k}={v}" for k, v in setting.items()]
+    try:
+        proc = subprocess.run(args, capture_output=True, env=env, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout_s:g} s", None
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    if proc.returncode == 0 and lines:
+        try:
+            reply = json.loads(lines[-1])
+            out = reply.get("output")
+            return str(reply["result"]), None if out is None else np.asarray(out, dtype=np.float64)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+    if proc.returncode < 0:
+        try:
+            return f"crashed ({signal.Signals(-proc.returncode).name})", None
+        except ValueError:
+            return f"crashed (signal {-proc.returncode})", None
+    err = [ln.strip() for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return f"exited with code {proc.returncode}" + (f": {err[-1][:200]}" if err else ""), None
+
+
+def _difference(out: np.ndarray, ref: np.ndarray) -> float:
+    if out.shape != ref.shape:
+        return float("inf")
+    return float(np.abs(out - ref).max() / max(float(np.abs(ref).max()), 1e-6))
+
+
+def choose_setting(data: bytes, suffix: str, settings: list[dict]) -> tuple[dict | None, dict[str, str]]:
+    """The first of ``settings`` that loads ``data`` and computes what the last (reference) one does.
+
+    Returns the setting (None when none loads) and a one-line result per
+    setting tried (``"ok"``, or why it was passed over). The reference is only
+    run when an earlier setting loads.
+    """
+    tried: dict[str, str] = {}
+    ref_label = _label(settings[-1])
+    fd, name = tempfile.mkstemp(prefix="edgecomp_probe_", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        ref = None
+        for setting in settings:
+            label = _label(setting)
+            status, out = probe(name, setting)
+            if status != "ok":
+                tried[label] = status
+                continue
+            if label == ref_label:
+                tried[label] = "ok"
+                return dict(setting), tried
+            if ref is None:
+                ref_status, ref = probe(name, settings[-1])
+                if ref_status != "ok":  # nothing to compare with: loading is all we can check
+                    tried[ref_label] = ref_status
+                    tried[label] = "ok"
+                    return dict(setting), tried
+            diff = _difference(out, ref)
+            if diff <= RELATIVE_TOLERANCE:
+                tried[label] = "ok"
+                return dict(setting), tried
+            tried[label] = (f"loads, but its outputs differ from {ref_label}'s by {diff:.3g} "
+                            f"of their range (> {RELATIVE_TOLERANCE:g})")
+        return None, tried
+    finally:
+        os.unlink(name)
+
+
+def _run(path: str, setting: dict) -> tuple[str, list | None]:
+    from runtime_bench.runners import open_runner
+
+    runner = open_runner(path, threads=1, **setting)
+    if hasattr(runner, "interp"):  # LiteRT
+        shape = runner.interp.get_input_details()[0]["shape"]
+    else:  # ONNX Runtime: symbolic dims are strings or None
+        shape = runner.sess.get_inputs()[0].shape
+    shape = [int(d) if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in shape]
+    shape[0] = PROBE_BATCH
+    x = np.random.default_rng(0).uniform(0.0, 1.0, shape).astype(np.float32)
+    out = runner.predict(x)
+    if not np.isfinite(out).all():
+        return "loads, but its outputs are not finite (NaN or Inf)", None
+    return "ok", out.astype(np.float64).tolist()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m exporters.probe FILE [key=value ...]", file=sys.stderr)
+        return 2
+    setting = dict(a.split("=", 1) for a in argv[1:])
+    output = None
+    try:
+        result, output = _run(argv[0], setting)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the answer
+        text = str(exc).strip().splitlines()
+        result = (text[0] if text else type(exc).__name__)[:300]
+    print(json.dumps({"result": result, "output": output}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
