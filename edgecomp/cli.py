@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a .ecz or .keras file")
     _add_data(p)
     p.add_argument("--format", default="tflite,onnx", help="comma-separated formats (default: tflite,onnx)")
-    p.add_argument("--variants", default="fp32,int8", help="comma-separated variants (default: fp32,int8)")
+    p.add_argument("--variants", default="fp32,int8",
+                   help="comma-separated variants, each applied to every --format that offers it (default: fp32,int8)")
     p.add_argument("--parity-size", type=_positive, default=256, help="test samples for the parity check")
     p.add_argument("--trust-model", action="store_true")
     p.add_argument("-o", "--out", required=True, help="output folder")
@@ -276,25 +277,42 @@ def cmd_evaluate(args):
 
 def cmd_export(args):
     import exporters
-    from edgecomp import io
+    from edgecomp import io, train
+    from edgecomp.errors import EdgecompError
     from edgecomp.report import text_table
 
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for fmt in formats:
+        if fmt not in exporters.VARIANTS:
+            raise EdgecompError(f"unknown export format '{fmt}'", fix=f"use one of: {', '.join(exporters.VARIANTS)}")
+    unknown = [v for v in variants if not any(v in exporters.VARIANTS[f] for f in formats)]
+    if unknown:
+        raise EdgecompError(f"no format in '{args.format}' has variant(s) {', '.join(unknown)}",
+                            fix="; ".join(f"{f}: {', '.join(exporters.VARIANTS[f])}" for f in formats))
     out = io.ensure_dir(args.out)
     model = _load_any_model(args.model, trust=args.trust_model)
     ds = _data(args)
-    from edgecomp import train
     train.check_model_data(model, ds)
     stem = os.path.splitext(os.path.basename(args.model))[0]
-    arts = []
-    for fmt in [f.strip() for f in args.format.split(",") if f.strip()]:
-        for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    arts, skipped = [], []
+    for fmt in formats:
+        for variant in variants:
+            if variant not in exporters.VARIANTS[fmt]:
+                skipped.append({"format": fmt, "variant": variant, "reason": f"{fmt} has no {variant} variant"})
+                continue
             arts.append(exporters.export_and_check(
                 model, fmt, variant, out / f"{stem}_{variant}.{fmt}", calibration=ds.x_train[:200],
                 check_x=ds.x_test[:args.parity_size], check_y=ds.y_test[:args.parity_size]))
-    io.write_json(out / "export.json", {"model": args.model, "artifacts": [a.to_dict() for a in arts]})
+    io.write_json(out / "export.json", {"model": args.model, "artifacts": [a.to_dict() for a in arts],
+                                        "skipped": skipped})
     rows = [[a.path.name, a.format, a.variant, f"{a.bytes:,}", f"{a.gzip_bytes:,}",
-             f"{a.parity['top1_agreement']:.2%}", f"{a.parity['max_abs_diff']:.1e}"] for a in arts]
-    print(text_table(["artifact", "format", "variant", "bytes", "gzip bytes", "top-1 agree", "max abs diff"], rows))
+             f"{a.parity['top1_agreement']:.2%}", f"{a.parity['max_abs_diff']:.1e}",
+             str(a.needs.get("resolver") or a.needs.get("optimization") or "")] for a in arts]
+    print(text_table(["artifact", "format", "variant", "bytes", "gzip bytes", "top-1 agree", "max abs diff",
+                      "runs with"], rows))
+    if skipped:
+        print("skipped (format lacks the variant): " + ", ".join(f"{x['format']}:{x['variant']}" for x in skipped))
     print(f"\nwrote {out}/export.json")
 
 

@@ -58,7 +58,7 @@ _LOCAL_DEVICE = f"local ({platform.machine() or 'unknown'})"
 
 
 def bench_file(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None = None, *,
-               batch: int = 1, threads: int = 1, resolver: str = "default",
+               batch: int = 1, threads: int = 1, resolver: str = "auto",
                optimization: str = "all", warmup: int = 10, runs: int = 100,
                min_time_s: float = 1.0, isolate: bool = True,
                task: str | None = "classification", eval_batch: int = 256,
@@ -72,7 +72,8 @@ def bench_file(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None = No
     the pixel accuracy, with ``mean_iou`` beside it (segmentation). ``reference``
     (the Keras model's outputs for ``x``, or a .keras/.ecz/... file to compute them
     with) adds ``max_abs_diff``, ``mean_abs_diff`` and ``top1_agreement``.
-    ``resolver`` applies to .tflite files (``default`` = XNNPACK, ``builtin``),
+    ``resolver`` applies to .tflite files (``auto``: XNNPACK, else the built-in kernels when the
+    delegate can't take the file, which the record's ``resolver`` then says; ``default``; ``builtin``),
     ``optimization`` to .onnx (``disable/basic/extended/all``). ``cpus`` pins the
     measuring process to those CPU ids (Linux). A ``target`` profile replaces
     ``threads`` (when it fixes them), ``cpus`` and ``resolver``. ``drop_preempted``
@@ -162,7 +163,7 @@ def bench_files(paths: Iterable[str | os.PathLike], x: np.ndarray, y: np.ndarray
 
 # -- settings and inputs --------------------------------------------------------
 
-def _settings(*, batch: int = 1, threads: int = 1, resolver: str = "default",
+def _settings(*, batch: int = 1, threads: int = 1, resolver: str = "auto",
               optimization: str = "all", warmup: int = 10, runs: int = 100,
               min_time_s: float = 1.0, task: str | None = "classification",
               eval_batch: int = 256, cpus: Sequence[int] | None = None,
@@ -267,7 +268,7 @@ def _bench_one(path, x, y, ref, settings: dict, target: Target | None, *, isolat
         result = _run_worker(path, inputs, settings, timeout_s)
     else:
         result = measure_here(path, x, y, settings, ref=ref)
-    rec.update({k: v for k, v in result.items() if k in _MEASURED or k == "error"})
+    rec.update({k: v for k, v in result.items() if k in _MEASURED or k in ("error", "resolver")})
     return rec
 
 
@@ -314,6 +315,8 @@ def measure_here(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None,
         t0 = time.perf_counter_ns()
         runner = open_runner(path, settings["threads"], **options)
         init_ms = (time.perf_counter_ns() - t0) / 1e6
+        if fmt == "tflite" and runner.options.get("resolver") != settings["resolver"]:
+            out["resolver"] = f"{runner.options['resolver']} (default delegate failed)"
         lat = measure_latency(runner, _latency_batch(x, settings["batch"]),
                               warmup=settings["warmup"], runs=settings["runs"],
                               min_time_s=settings["min_time_s"],

@@ -97,7 +97,8 @@ class EczRunner(KerasRunner):
 class LiteRTRunner(Runner):
     """LiteRT (``ai_edge_litert``) interpreter.
 
-    ``resolver="default"`` uses the default XNNPACK delegate; ``"builtin"`` the
+    ``resolver="auto"`` tries the default delegate and falls back to the built-in kernels
+    when the delegate can't take the graph; ``resolver="default"`` uses the default XNNPACK delegate; ``"builtin"`` the
     built-in kernels without default delegates. ai-edge-litert 2.3: int8 +
     EXPERIMENTAL_SPARSITY files fail to prepare under XNNPACK, so they need
     ``builtin`` (see exporters.tflite).
@@ -108,15 +109,28 @@ class LiteRTRunner(Runner):
     def _load(self):
         from ai_edge_litert import interpreter as litert
         resolver = self.options.get("resolver", "default")
-        kind = {"default": litert.OpResolverType.AUTO,
+        kind = {"default": litert.OpResolverType.AUTO, "auto": litert.OpResolverType.AUTO,
                 "builtin": litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}.get(resolver)
         if kind is None:
-            raise EdgecompError(f"unknown LiteRT resolver '{resolver}'", fix="use 'default' or 'builtin'")
+            raise EdgecompError(f"unknown LiteRT resolver '{resolver}'", fix="use 'default', 'builtin' or 'auto'")
         try:
             self.interp = litert.Interpreter(model_path=str(self.path), num_threads=self.threads,
                                              experimental_op_resolver_type=kind)
             self.interp.allocate_tensors()
+            # Prepare once at batch 1 and run: a delegate that can't take the graph fails here.
+            first = self.interp.get_input_details()[0]
+            self.interp.resize_tensor_input(first["index"], [1, *first["shape"][1:]])
+            self.interp.allocate_tensors()
+            self.interp.set_tensor(first["index"], np.zeros([1, *first["shape"][1:]], first["dtype"]))
+            self.interp.invoke()
         except (ValueError, RuntimeError) as exc:
+            # ai-edge-litert 2.3: int8 + EXPERIMENTAL_SPARSITY files fail to prepare under the
+            # default XNNPACK delegate ("failed to delegate FULLY_CONNECTED"); they run on the
+            # built-in kernels. Fall back, and say so in the runner's ``resolver``.
+            if resolver == "auto" and "delegate" in str(exc).lower():
+                self.fallback = str(exc).splitlines()[0]
+                self.options["resolver"] = "builtin"
+                return self._load()
             raise EdgecompError(f"LiteRT cannot load {self.path.name}: {str(exc).splitlines()[0]}",
                                 fix="re-export the model, or try resolver='builtin'") from None
         self._in = self.interp.get_input_details()[0]

@@ -108,7 +108,7 @@ class Target:
     @property
     def resolver(self) -> str:
         """The :class:`~runtime_bench.runners.LiteRTRunner` resolver this target uses."""
-        return "default" if self.xnnpack else "builtin"
+        return "auto" if self.xnnpack else "builtin"
 
     def thread_counts(self, requested: Iterable[int] | None = None) -> list[int]:
         """The thread counts to measure: fixed, else ``requested``, else the default."""

@@ -140,7 +140,7 @@ CASES = [
                     "--fine-tune-epochs", "0", "-o", str(t / "m.ecz")], 2, "No space left", patch="disk-full"),
     Case("unknown-variant", "an export variant that does not exist",
          lambda t: ["export", str(_tiny_keras(t)), "--data", "fashion_mnist", "--format", "tflite",
-                    "--variants", "int3", "-o", str(t / "x")], 2, "int3"),
+                    "--variants", "int3", "-o", str(t / "x")], 2, "variant(s) int3"),
 ]
 
 

@@ -233,7 +233,7 @@ def test_bad_files_give_error_records_and_the_rest_is_measured(art, in_process_r
             assert r["runs"] >= FAST["runs"]
             assert r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p99_ms"]
             assert r["accuracy"] == pytest.approx(art["acc"]) and r["n_eval"] == len(art["x"])
-    assert by["tiny.tflite", 1]["resolver"] == "default" and by["tiny.tflite", 1]["optimization"] is None
+    assert by["tiny.tflite", 1]["resolver"] == "auto" and by["tiny.tflite", 1]["optimization"] is None
     assert by["tiny.onnx", 1]["optimization"] == "all" and by["tiny.onnx", 1]["resolver"] is None
 
     for name, expect in (("missing.tflite", "does not exist"), ("bad.tflite", "LiteRT cannot load"),

@@ -37,19 +37,19 @@ def test_profiles_resolve_to_their_settings():
     n = len(usable_cpus())
 
     desk = get_target("desktop")
-    assert desk.kind == "local" and desk.xnnpack and desk.resolver == "default"
+    assert desk.kind == "local" and desk.xnnpack and desk.resolver == "auto"
     assert desk.thread_counts() == [n]                        # all usable cores by default
     assert desk.thread_counts([1, 2, 4, 2]) == [1, 2, 4]      # --threads wins, no repeats
     assert desk.cpus() is None
-    assert desk.settings(2) == {"target": "desktop", "threads": 2, "cpus": None, "resolver": "default"}
+    assert desk.settings(2) == {"target": "desktop", "threads": 2, "cpus": None, "resolver": "auto"}
 
     for name in ("mobile-big", "mobile-little"):
         t = get_target(name)
-        assert t.kind == "local" and t.xnnpack and t.resolver == "default"
+        assert t.kind == "local" and t.xnnpack and t.resolver == "auto"
         assert t.thread_counts([1, 2, 4]) == [1]               # always one thread
         cpus = t.cpus()
         assert len(cpus) == 1 and cpus[0] in usable_cpus()
-        assert t.settings(1) == {"target": name, "threads": 1, "cpus": cpus, "resolver": "default"}
+        assert t.settings(1) == {"target": name, "threads": 1, "cpus": cpus, "resolver": "auto"}
     assert get_target("mobile-big").cpus() == [pick_core("big")]
     assert get_target("mobile-little").cpus() == [pick_core("little")]
 
@@ -196,7 +196,7 @@ def test_android_target_runs_benchmark_model_over_adb(tmp_path, fake_adb):
     r = recs[0]
     assert tuple(r) == RECORD_KEYS and r["error"] is None
     assert (r["target"], r["device"], r["format"], r["cpus"], r["resolver"]) == (
-        "android", "Pixel 8 Pro", "tflite", None, "default")
+        "android", "Pixel 8 Pro", "tflite", None, "auto")
     assert r["bytes"] == 2004 and r["isolated"] is True
     assert r["median_ms"] == pytest.approx(0.341) and r["p95_ms"] == pytest.approx(0.389)
     assert r["runs"] == 2885 and r["warmup"] == 1405 and r["init_ms"] == pytest.approx(28.417)
