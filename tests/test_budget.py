@@ -34,6 +34,8 @@ def test_back_off_and_ratio_plan():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    import keras
+    keras.utils.set_random_seed(0)
     ds = load_dataset("synthetic_images", n_train=600, n_test=200)
     model = build_model("vgg", ds.input_shape, ds.num_classes, width=0.25)
     train.fit(model, ds.x_train, ds.y_train, epochs=3, verbose=0)
@@ -50,9 +52,9 @@ def test_sensitivity_table_shapes_and_sense(trained):
         assert set(row["prune"]) == {"0.5", "0.99"} and set(row["bits"]) == {"8", "1"}
     # the whole model is unchanged afterwards
     assert train.evaluate(model, ds.x_train[-200:], ds.y_train[-200:]) == table["baseline_accuracy"]
-    # pruning a layer at 99% hurts at least as much as at 50%, for most layers
-    worse = sum(r["prune"]["0.99"] >= r["prune"]["0.5"] - 0.5 for r in table["layers"])
-    assert worse >= 7
+    # pruning at 99% hurts more than at 50%, over all layers together, and sharing at 1 bit more than at 8
+    assert sum(r["prune"]["0.99"] for r in table["layers"]) > sum(r["prune"]["0.5"] for r in table["layers"])
+    assert sum(r["bits"]["1"] for r in table["layers"]) > sum(r["bits"]["8"] for r in table["layers"])
 
 
 def test_budget_search_keeps_budget_on_held_out(trained):
