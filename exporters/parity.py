@@ -28,6 +28,8 @@ import numpy as np
 from edgecomp import io
 from edgecomp.errors import EdgecompError
 
+from runtime_bench.metrics import parity_figures, predicted_classes
+
 from .base import Artifact, export, get_exporter
 
 #: Figures that must stay at or below their threshold; every other figure must stay at or above.
@@ -65,13 +67,6 @@ def _keras_predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     outs = [np.asarray(model(x[i:i + batch_size], training=False), dtype=np.float32)
             for i in range(0, len(x), batch_size)]
     return np.concatenate(outs, axis=0)
-
-
-def _classes(p: np.ndarray) -> np.ndarray:
-    """Predicted class per sample (per pixel/point for dense outputs)."""
-    if p.shape[-1] == 1:  # one sigmoid unit: binary
-        return (p[..., 0] > 0.5).astype(np.int64)
-    return np.argmax(p, axis=-1)
 
 
 def _labels(y, like: np.ndarray, out_shape: tuple) -> np.ndarray:
@@ -155,15 +150,9 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
                    "failures": [f"{label}: output shape {got.shape} != Keras {ref.shape}"]}
         return figures
 
-    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-    pred_ref, pred_got = _classes(ref), _classes(got)
-    figures: dict = {
-        "variant": variant,
-        "n": int(len(x)),
-        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-        "top1_agreement": float(np.mean(pred_ref == pred_got)),
-    }
+    # One home for the figures: the bench reports the same ones (runtime_bench.metrics).
+    pred_ref, pred_got = predicted_classes(ref), predicted_classes(got)
+    figures: dict = {"variant": variant, "n": int(len(x)), **parity_figures(got, ref)}
     if y is not None:
         labels = _labels(y, pred_ref, ref.shape)
         figures["accuracy_keras"] = float(np.mean(pred_ref == labels))
