@@ -78,6 +78,17 @@ def markdown(report: dict) -> str:
     ])
 
 
+def png_bytes(fig, dpi: int | None = None) -> bytes:
+    """Render a matplotlib figure to PNG bytes (tight layout) and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = _io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def plot_size_accuracy(report: dict) -> bytes:
     import matplotlib
     matplotlib.use("Agg")
@@ -100,11 +111,7 @@ def plot_size_accuracy(report: dict) -> bytes:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{report['config']['model']} on {report['data']['name']}: size vs accuracy")
     ax.grid(True, which="both", alpha=0.3)
-    buf = _io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110)
 
 
 def write_run_report(report: dict, out: Path):

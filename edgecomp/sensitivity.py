@@ -11,11 +11,10 @@ The budgeted search (:mod:`edgecomp.budget`) reads these curves.
 
 from __future__ import annotations
 
-import io as _io
-
 import numpy as np
 
 from edgecomp import train
+from edgecomp.report import png_bytes
 from edgecomp.pruning import check_rate, filter_mask, prunable_weights
 from edgecomp.weight_sharing import share_tensor
 
@@ -80,8 +79,4 @@ def plot(table: dict) -> bytes:
         ax.grid(True, alpha=0.3)
     a.legend(fontsize=6, ncol=2)
     fig.suptitle("Per-layer sensitivity")
-    fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=100)

@@ -47,7 +47,6 @@ def seed_table(rows: list[dict], baseline: dict) -> str:
 
 
 def plot(rows: list[dict], baseline: dict) -> bytes:
-    import io
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -67,11 +66,8 @@ def plot(rows: list[dict], baseline: dict) -> bytes:
     ax.set_title("VGG-like net on Fashion-MNIST: accuracy vs storage")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    from edgecomp.report import png_bytes
+    return png_bytes(fig, dpi=110)
 
 
 def main(argv=None) -> int:
