@@ -108,11 +108,15 @@ def _prune_and_fine_tune(model, x, y, *, rate, criterion, layer_rates, schedule,
         return masks
     rates = [rate * (i + 1) / steps for i in range(steps)] if kind == "iterative" else [rate]
     masks = {}
+    # Resume: the last finished step's checkpoint holds everything the earlier ones did.
+    done = [i for i in range(1, len(rates) + 1) if checkpoints is not None and checkpoints.done(f"prune-{i}")]
+    last = max(done, default=0)
+    if last:
+        history.extend(checkpoints.info(f"prune-{i}") for i in range(1, last + 1))
+        masks = {k: v.astype(bool) for k, v in checkpoints.load(f"prune-{last}", model).items()}
     for i, r in enumerate(rates, 1):
         stage = f"prune-{i}"
-        if checkpoints is not None and checkpoints.done(stage):
-            masks = {k: v.astype(bool) for k, v in checkpoints.load(stage, model).items()}
-            history.append(checkpoints.info(stage))
+        if i <= last:
             continue
         step_rates = {k: v * i / len(rates) for k, v in (layer_rates or {}).items()} if kind == "iterative" else layer_rates
         masks = pruning.prune(model, r, **{**opts, "rates": step_rates})
