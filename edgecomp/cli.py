@@ -76,6 +76,8 @@ def _add_compression(p):
                    help="oneshot, iterative[:STEPS] (fine-tune after each step) or gradual[:UPDATES] (default: oneshot)")
     g.add_argument("--fine-tune-epochs", type=_positive, default=1,
                    help="masked fine-tuning epochs (per step for iterative) (default: 1)")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate of each fine-tuning run: constant, or cosine decay to 0 (default: constant)")
     g.add_argument("--prune-first", action="store_true", help="prune the first conv/dense layer too")
     g.add_argument("--bits", default="conv=8,dense=5", help="deep: centroid bits per layer kind or glob (default: conv=8,dense=5)")
     g.add_argument("--init", choices=("linear", "density", "random"), default="linear",
@@ -90,7 +92,8 @@ def _compression_options(args) -> dict:
     from edgecomp.pruning import parse_rates
     return dict(method=args.method, rate=args.rate, criterion=args.criterion,
                 layer_rates=parse_rates(args.layer_rates), schedule=args.prune_schedule,
-                fine_tune_epochs=args.fine_tune_epochs, skip_first=not args.prune_first, bits=args.bits,
+                fine_tune_epochs=args.fine_tune_epochs, lr_schedule=args.lr_schedule,
+                skip_first=not args.prune_first, bits=args.bits,
                 init=args.init, centroid_epochs=args.centroid_epochs, index_bits=args.index_bits, coder=args.coder)
 
 

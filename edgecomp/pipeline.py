@@ -86,7 +86,7 @@ def _report(model, container: bytes, masks) -> list[dict]:
 
 
 def _prune_and_fine_tune(model, x, y, *, rate, criterion, layer_rates, schedule, fine_tune_epochs,
-                         batch_size, skip_first, seed, verbose, history, checkpoints):
+                         batch_size, skip_first, seed, verbose, history, checkpoints, lr_schedule="constant"):
     kind, steps = pruning.parse_schedule(schedule)
     opts = dict(criterion=criterion, rates=layer_rates, skip_first=skip_first)
     fit = x is not None and fine_tune_epochs > 0
@@ -100,7 +100,7 @@ def _prune_and_fine_tune(model, x, y, *, rate, criterion, layer_rates, schedule,
         with pruning.hold_masks(model, masks) as constraints:
             cb = pruning.gradual_pruning_callback(model, constraints, rate, total, steps, **opts)
             h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed + 1,
-                          verbose=verbose, callbacks=[cb])
+                          verbose=verbose, callbacks=[cb], lr_schedule=lr_schedule)
             history.append({"stage": "gradual", "rate": rate, **{k: v[-1] for k, v in h.items()}})
         masks = pruning.compute_masks(model, rate, **opts)
         if checkpoints is not None:
@@ -123,7 +123,7 @@ def _prune_and_fine_tune(model, x, y, *, rate, criterion, layer_rates, schedule,
         if fit:
             with pruning.hold_masks(model, masks):
                 h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed + i,
-                              verbose=verbose)
+                              verbose=verbose, lr_schedule=lr_schedule)
             history.append({"stage": stage, "rate": r, **{k: v[-1] for k, v in h.items()}})
         if checkpoints is not None:
             checkpoints.save(stage, model, masks, info=history[-1] if fit else {"stage": stage, "rate": r})
@@ -134,8 +134,8 @@ def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", crite
              layer_rates: dict[str, float] | None = None, schedule: str = "oneshot",
              fine_tune_epochs: int = 1, bits="conv=8,dense=5", init: str = "linear",
              centroid_epochs: int = 1, index_bits: int | None = None, coder: str = "auto",
-             batch_size: int = 64, skip_first: bool = True, seed: int = 0, verbose: int = 1,
-             info: dict | None = None, checkpoints=None) -> CompressedModel:
+             batch_size: int = 64, lr_schedule: str = "constant", skip_first: bool = True, seed: int = 0,
+             verbose: int = 1, info: dict | None = None, checkpoints=None) -> CompressedModel:
     """Compress ``model`` in place and return a :class:`CompressedModel`.
 
     ``data`` is a :class:`~edgecomp.data.Dataset` or an ``(x, y)`` pair for fine-tuning; with
@@ -143,7 +143,8 @@ def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", crite
 
     Pruning: ``criterion`` (``filter``/``layer``/``global``), ``layer_rates`` (glob -> rate),
     ``schedule`` (``oneshot``, ``iterative[:steps]`` with ``fine_tune_epochs`` per step, or
-    ``gradual[:updates]`` over ``fine_tune_epochs``), ``skip_first`` (first layer dense).
+    ``gradual[:updates]`` over ``fine_tune_epochs``), ``skip_first`` (first layer dense),
+    ``lr_schedule`` of each fine-tuning run (``constant`` or ``cosine``, see :func:`edgecomp.train.fit`).
     Deep: ``bits`` per layer kind or glob (``"conv=8,dense=5"``), k-means ``init``,
     ``centroid_epochs`` of centroid fine-tuning, ``index_bits`` for the relative index
     (None: the codec's default), and the entropy ``coder``.
@@ -157,6 +158,9 @@ def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", crite
     for name, value in (("fine-tune epochs", fine_tune_epochs), ("centroid epochs", centroid_epochs)):
         if value < 0:
             raise EdgecompError(f"{name} must be >= 0, got {value}", fix="pass 0 or more")
+    if lr_schedule not in train.LR_SCHEDULES:
+        raise EdgecompError(f"unknown learning-rate schedule '{lr_schedule}'",
+                            fix=f"use one of: {', '.join(train.LR_SCHEDULES)}")
     if not pruning.prunable_kernels(model, skip_first=skip_first):
         raise EdgecompError("the model has no prunable Conv/Dense kernels",
                             fix="compress a model with Conv or Dense layers")
@@ -165,9 +169,10 @@ def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", crite
     masks = _prune_and_fine_tune(model, x, y, rate=rate, criterion=criterion, layer_rates=layer_rates,
                                  schedule=schedule, fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
                                  skip_first=skip_first, seed=seed, verbose=verbose, history=history,
-                                 checkpoints=checkpoints)
+                                 checkpoints=checkpoints, lr_schedule=lr_schedule)
     settings = {"method": method, "rate": rate, "criterion": criterion, "schedule": schedule,
                 "layer_rates": layer_rates or {}, "fine_tune_epochs": fine_tune_epochs,
+                **({"lr_schedule": lr_schedule} if lr_schedule != "constant" else {}),
                 "skip_first": skip_first, "seed": seed}
     if method == "seed":
         specs = {name: "seed" for name in masks}

@@ -51,11 +51,30 @@ def reset_rng(model, seed: int = 0) -> None:
         var.assign(np.array([seed + i + 1, 0], dtype=var.dtype))
 
 
+#: Learning-rate schedules :func:`fit` accepts: ``constant``, or ``cosine`` (decays to 0 over all
+#: the steps of the call, the usual recipe for short training and fine-tuning runs).
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_for(learning_rate: float, schedule: str, steps: int):
+    """``learning_rate`` as Adam takes it under ``schedule`` over ``steps`` optimizer steps."""
+    import keras
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+    if schedule == "cosine" and steps > 0:
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
+    return learning_rate
+
+
 def fit(model, x, y, *, epochs: int = 1, batch_size: int = 64, seed: int = 0, verbose: int = 1,
-        learning_rate: float = 1e-3, callbacks=None):
-    """Fit ``model`` on ``(x, y)`` with a fixed shuffling seed; returns the history dict."""
+        learning_rate: float = 1e-3, lr_schedule: str = "constant", callbacks=None):
+    """Fit ``model`` on ``(x, y)`` with a fixed shuffling seed; returns the history dict.
+
+    ``lr_schedule="cosine"`` decays Adam's rate from ``learning_rate`` to 0 over the call.
+    """
     reset_rng(model, seed)
-    compile_model(model, learning_rate)
+    steps = max(0, epochs) * int(np.ceil(len(x) / batch_size))
+    compile_model(model, learning_rate_for(learning_rate, lr_schedule, steps))
     if epochs <= 0:
         return {}
     return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=_progress(verbose), shuffle=True,

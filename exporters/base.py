@@ -130,8 +130,15 @@ def check_calibration(model, calibration, fmt: str, variant: str) -> np.ndarray:
 
 def convert_to_bytes(model, fmt: str, variant: str,
                      calibration: np.ndarray | None = None) -> tuple[Exporter, bytes]:
-    """Convert without writing; returns the exporter used and the file's bytes."""
+    """Convert without writing; returns the exporter used and the file's bytes.
+
+    Calibrated variants (``int8*``) convert a copy with constant BatchNorm channels settled
+    (:func:`exporters.prepare.settle_constant_channels`, which says why).
+    """
     exporter = get_exporter(fmt, variant)
+    if variant.startswith("int8") and calibration is not None:
+        from .prepare import settle_constant_channels
+        model = settle_constant_channels(model, check_calibration(model, calibration, fmt, variant))
     return exporter, exporter.convert(model, variant, calibration)
 
 

@@ -4,9 +4,9 @@ on the seed's VGG-like net trained on real Fashion-MNIST.
 
     python scripts/bench_storage.py --out docs/results/storage
 
-Trains the baseline once (3 epochs of Adam, batch 64, the whole training set; cached as
-``OUT/baseline.keras``), then compresses a fresh copy of it per setting and evaluates the
-decoded container on the whole test set. Every finished row is kept in ``OUT/storage.json``,
+Trains the baseline once (3 epochs of Adam with a cosine-decayed learning rate, batch 64, the
+whole training set; cached as ``OUT/baseline.keras``, retrained when the recipe changes), then
+compresses a fresh copy of it per setting and evaluates the decoded container on the whole test set. Every finished row is kept in ``OUT/storage.json``,
 so an interrupted run continues where it stopped. Writes ``storage.json``, ``storage.md``
 (the seed's table: rate, params, accuracy, storage) and ``storage.png`` (accuracy vs bytes).
 """
@@ -38,7 +38,8 @@ def key_of(row: dict) -> str:
 def seed_table(rows: list[dict], baseline: dict) -> str:
     head = "| method | compress rate | parameters (kept) | val acc | storage | ratio | settings |\n|---|---|---|---|---|---|---|"
     lines = [head, f"| baseline (fp32) | 0 | {baseline['params'] / 1e6:.3f}M | {100 * baseline['accuracy']:.2f}% | "
-             f"{baseline['bytes'] / 1024:.0f}KB | 1.0x | 3 epochs Adam |"]
+             f"{baseline['bytes'] / 1024:.0f}KB | 1.0x | {baseline['epochs']} epochs Adam "
+             f"({baseline.get('lr_schedule', 'constant')} lr) |"]
     for r in sorted(rows, key=lambda r: (r["method"] != "seed", r["rate"], r["bytes"])):
         settings = "" if r["method"] == "seed" else f"{r['criterion']}, {r['schedule']}, {r['bits']}, {r['coder']}"
         lines.append(f"| {r['method']} | {r['rate']} | {r['kept'] / 1e6:.3f}M | {100 * r['accuracy']:.2f}% | "
@@ -77,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--fine-tune-epochs", type=int, default=1, help="per pruning step (default: 1)")
     p.add_argument("--centroid-epochs", type=int, default=1)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
+                   help="Adam's learning rate in baseline training and each fine-tuning run (default: cosine)")
     p.add_argument("--train-size", type=int, default=None, help="baseline training samples (default: all 60,000)")
     p.add_argument("--fine-tune-size", type=int, default=20000,
                    help="training samples used for fine-tuning after pruning (default: 20,000)")
@@ -93,17 +96,19 @@ def main(argv=None) -> int:
     state_path = out / "storage.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"rows": []}
     base_path = out / "baseline.keras"
-    if not base_path.is_file() or "baseline" not in state:
+    recipe = {"epochs": args.epochs, "train": len(ds.x_train), "lr_schedule": args.lr_schedule}
+    if (not base_path.is_file() or "baseline" not in state
+            or any(state["baseline"].get(k, "constant") != v for k, v in recipe.items())):
         model = build_model("vgg", ds.input_shape, ds.num_classes)
         t = time.time()
-        train.fit(model, ds.x_train, ds.y_train, epochs=args.epochs, batch_size=64)
+        train.fit(model, ds.x_train, ds.y_train, epochs=args.epochs, batch_size=64, lr_schedule=args.lr_schedule)
         with io.atomic_path(base_path) as tmp:
             model.save(tmp)
         weights = store.model_weights(model)
         state["baseline"] = {"accuracy": train.evaluate(model, ds.x_test, ds.y_test),
                              "params": int(sum(w.size for w in weights.values())),
                              "bytes": int(4 * sum(w.size for w in weights.values())),
-                             "train_seconds": time.time() - t, "epochs": args.epochs, "train": len(ds.x_train)}
+                             "train_seconds": time.time() - t, **recipe}
         state["rows"] = []
         io.write_json(state_path, state)
     baseline = state["baseline"]
@@ -124,7 +129,8 @@ def main(argv=None) -> int:
         model = load_keras_model(base_path)
         t = time.time()
         options = dict(rate=setting["rate"], method=setting["method"], criterion=setting["criterion"],
-                       schedule=setting["schedule"], fine_tune_epochs=args.fine_tune_epochs)
+                       schedule=setting["schedule"], fine_tune_epochs=args.fine_tune_epochs,
+                       lr_schedule=args.lr_schedule)
         if setting["method"] == "deep":
             options.update(bits=setting["bits"], coder=setting["coder"], centroid_epochs=args.centroid_epochs)
         result = compress(model, ds.take(args.fine_tune_size, None), **options)
@@ -132,7 +138,7 @@ def main(argv=None) -> int:
         row = {**setting, "accuracy": train.evaluate(decoded, ds.x_test, ds.y_test), "bytes": result.bytes,
                "fine_tune_size": args.fine_tune_size,
                "params": result.params, "kept": result.nonzeros, "seconds": time.time() - t,
-               "fine_tune_epochs": args.fine_tune_epochs,
+               "fine_tune_epochs": args.fine_tune_epochs, "lr_schedule": args.lr_schedule,
                "centroid_epochs": args.centroid_epochs if setting["method"] == "deep" else 0,
                "layers": result.report}
         print(f"   accuracy {100 * row['accuracy']:.2f}%, {row['bytes']:,} B "
@@ -143,10 +149,11 @@ def main(argv=None) -> int:
     rows = state["rows"]
     md = ["# Storage: seed method vs Deep Compression", "",
           f"Made by `python scripts/bench_storage.py {' '.join(argv if argv is not None else sys.argv[1:])}`."
-          f" VGG-like net ({baseline['params']:,} params) trained {baseline['epochs']} epochs (Adam, batch 64) on "
+          f" VGG-like net ({baseline['params']:,} params) trained {baseline['epochs']} epochs (Adam, "
+          f"{baseline.get('lr_schedule', 'constant')} learning rate from 1e-3, batch 64) on "
           f"{baseline['train']:,} Fashion-MNIST images; accuracy on the 10,000 test images after decoding the "
           f"container. Fine-tuning: {args.fine_tune_epochs} epoch(s) per pruning step on the first "
-          f"{args.fine_tune_size:,} training images; deep adds "
+          f"{args.fine_tune_size:,} training images ({args.lr_schedule} learning rate); deep adds "
           f"{args.centroid_epochs} epoch(s) of centroid training. Storage is the `.ecz` file size; ratio is "
           "against the fp32 weights.", "", seed_table(rows, baseline), ""]
     io.write_text(out / "storage.md", "\n".join(md))

@@ -1,0 +1,81 @@
+"""Model clean-up before a calibrated (int8) export; the Keras model itself is never changed.
+
+**Constant BatchNorm channels.** A unit that ReLU keeps at 0 on every input (a "dead" unit,
+common after pruning) reaches the next BatchNormalization with moving variance ~0, so that
+channel's gain is ``gamma / sqrt(var + eps)``, about 32 for Keras's ``eps=1e-3``. The channel's
+output is a constant, but the converters fold the gain into the weights around it: TF 2.21's
+TFLite converter folds a BatchNormalization that follows Dense+ReLU into the *next*
+FULLY_CONNECTED's weights, where these 32x rows set the int8 weight scale and crush every
+other weight (PointNet's T-nets and classifier head lost 10-13 points of top-1 agreement);
+ONNX Runtime's static quantizer (1.32) sees the same 32x rows after tf2onnx folds the Mul.
+:func:`settle_constant_channels` finds the channels whose input is constant on the
+calibration data and gives them gain 0 and the constant output as their offset, which is
+the same function on those inputs and leaves nothing for the converters to blow up.
+
+    >>> clean = settle_constant_channels(model, x_train[:200])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _batchnorms(model):
+    """Top-level BatchNormalization layers with a gain and an offset, one inbound node, channels last."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization) or not (layer.scale and layer.center):
+            continue
+        if len(getattr(layer, "_inbound_nodes", [])) != 1 or layer.axis not in (-1, len(layer.input.shape) - 1):
+            continue
+        found.append(layer)
+    return found
+
+
+def constant_channels(model, calibration, batch_size: int = 64) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{bn layer name: (mask of channels whose input never changes, their value)}`` on ``calibration``."""
+    import keras
+
+    layers = _batchnorms(model)
+    if not layers:
+        return {}
+    probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    lo = hi = None
+    for start in range(0, len(calibration), batch_size):
+        outs = probe([calibration[start:start + batch_size]], training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        flat = [np.asarray(o).reshape(-1, o.shape[-1]) for o in outs]
+        mins, maxs = [f.min(0) for f in flat], [f.max(0) for f in flat]
+        lo = mins if lo is None else [np.minimum(a, b) for a, b in zip(lo, mins)]
+        hi = maxs if hi is None else [np.maximum(a, b) for a, b in zip(hi, maxs)]
+    found = {}
+    for layer, a, b in zip(layers, lo, hi):
+        mask = a == b
+        if mask.any():
+            found[layer.name] = (mask, a)
+    return found
+
+
+def settle_constant_channels(model, calibration, batch_size: int = 64):
+    """A copy of ``model`` where each BatchNormalization channel with a constant input (on
+    ``calibration``) has gain 0 and its constant output as offset; ``model`` itself when no
+    channel is constant. Outputs on inputs like ``calibration`` are unchanged."""
+    import keras
+
+    found = constant_channels(model, np.asarray(calibration, np.float32), batch_size)
+    if not found:
+        return model
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    for name, (mask, value) in found.items():
+        layer = clone.get_layer(name)
+        gamma, beta = np.array(layer.gamma.numpy()), np.array(layer.beta.numpy())
+        mean, var = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+        out = gamma * (value - mean) / np.sqrt(var + layer.epsilon) + beta
+        beta[mask] = out[mask]
+        gamma[mask] = 0.0
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    return clone
