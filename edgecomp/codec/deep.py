@@ -29,6 +29,7 @@ the paper's uncoded baseline). The record's params are
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
@@ -169,7 +170,7 @@ def _flat_positions(fm_pos: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if len(shape) < 2:
         return fm_pos
     n_in, n_out = int(shape[-2]), int(shape[-1])
-    spatial = int(np.prod(shape[:-2], dtype=np.int64))
+    spatial = math.prod(int(d) for d in shape[:-2])
     if spatial == 1:                                  # (in, out) stored as (out, in)
         o = fm_pos // n_in
         flat = o * n_in
