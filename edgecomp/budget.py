@@ -135,7 +135,9 @@ def compress_within_budget(model, data, *, max_accuracy_drop: float | None = 1.0
     """Search per-layer rates and bits for the smallest container within the budget.
 
     The last ``val_size`` training samples are held out for the sensitivity curves and the
-    budget checks; the rest fine-tune. Returns ``(CompressedModel, log)`` where ``log`` says,
+    budget checks; the rest fine-tune. The model should not have been trained on the held-out
+    samples: on them its accuracy is training accuracy, which fine-tuning on the rest forgets,
+    so every plan would look worse than it is. Returns ``(CompressedModel, log)`` where ``log`` says,
     per attempt, the plan, the held-out accuracy and whether it kept the budget.
     """
 

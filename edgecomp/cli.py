@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-accuracy-drop", type=float, default=None,
                    help="points of accuracy the search may lose on held-out training data")
     g.add_argument("--target-ratio", type=float, default=None, help="aim at this size ratio against fp32 instead")
-    g.add_argument("--val-size", type=_positive, default=2000, help="training samples held out for the search")
+    g.add_argument("--val-size", type=_positive, default=2000, help="the last N training samples, held out for the search (the model should not "
+                        "have been trained on them, or the held-out accuracy is training accuracy)")
 
     p = sub.add_parser("analyze", help="per-layer sensitivity to pruning and weight sharing (no fine-tuning)")
     p.add_argument("model", help="a .keras file")

@@ -3,8 +3,9 @@
 
     python scripts/bench_budget.py --out docs/results/budget
 
-Both sides start from the same trained baseline (``--baseline``, by default the one
-``scripts/bench_storage.py`` trains: 3 epochs of Adam, cosine learning rate), fine-tune on the
+Both sides start from the same trained baseline (``--baseline``; trained here when missing with
+bench_storage's recipe, 3 epochs of Adam with a cosine learning rate, on every training image
+*except* the held-out slice, so that held-out accuracy is not training accuracy), fine-tune on the
 same slice of the training set (``--fine-tune-size`` images) with the same schedule and epochs
 (``--schedule``, ``--fine-tune-epochs`` per step, ``--centroid-epochs``), and are judged on the
 same held-out slice (the last ``--val-size`` training images, never the test set):
@@ -35,14 +36,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RATES = (0.97, 0.95, 0.93, 0.9, 0.85, 0.8, 0.7, 0.5)
+RATES = (0.95, 0.93, 0.9, 0.85, 0.8, 0.7, 0.5)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/results/budget")
-    p.add_argument("--baseline", default="docs/results/storage/baseline.keras",
-                   help="trained VGG-like .keras (default: bench_storage's baseline; trained here if missing)")
+    p.add_argument("--baseline", default="docs/results/budget/baseline.keras",
+                   help="trained VGG-like .keras, not trained on the held-out slice (trained here if missing)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, help="points (default: 1.0)")
     p.add_argument("--fine-tune-size", type=int, default=20000)
@@ -122,9 +123,9 @@ def main(argv=None) -> int:
     x_val, y_val = ds.x_train[-args.val_size:], ds.y_train[-args.val_size:]
     base_path = Path(args.baseline)
     if not base_path.is_file():
-        print(f"training the baseline ({base_path} not found)", flush=True)
+        print(f"training the baseline ({base_path} not found) on all but the held-out slice", flush=True)
         model = build_model("vgg", ds.input_shape, ds.num_classes)
-        train.fit(model, ds.x_train, ds.y_train, epochs=3, lr_schedule="cosine")
+        train.fit(model, ds.x_train[:-args.val_size], ds.y_train[:-args.val_size], epochs=3, lr_schedule="cosine")
         with io.atomic_path(base_path) as tmp:
             model.save(tmp)
     settings = {k: getattr(args, k) for k in ("max_accuracy_drop", "fine_tune_size", "val_size", "schedule",
