@@ -16,8 +16,8 @@ method, and the ``deep`` method with the Huffman and the fixed-width coder. The 
 is timed ``--loop-repeats`` times (it is slow), on the kernels up to ``--loop-params``
 parameters, and its speed is taken per parameter. Params are dense tensor sizes. Every
 speed is given as the median and the best of the repeats, in wall time and in CPU time of
-this thread (on a shared machine the CPU time shows the work itself, the wall time also
-what other processes took); speed-ups over the loop compare like with like (median with
+this process, all its threads together (on a shared machine the CPU time shows the work
+itself, the wall time also what other processes took); speed-ups over the loop compare like with like (median with
 median, wall with wall). Reports params/s, bytes, bits per kept weight, the empirical
 entropy of the gap and index streams against their coded bits, and Huffman's saving over
 fixed-width codes. Writes JSON (``--out``) and prints a table. Needs numpy and h5py only
@@ -155,13 +155,13 @@ def prepare(weights: dict[str, np.ndarray], rate: float, bits: dict) -> tuple[di
 
 def timed(fn, repeats: int) -> tuple[dict, object]:
     """Run ``fn`` ``repeats`` times: ({wall,cpu}_{median,best} seconds, last result). CPU time is
-    this thread's: on a shared machine it shows the work itself, the wall time also what other
-    processes took."""
+    the process's, every thread counted: on a shared machine it shows the work itself, the wall
+    time also what other processes took."""
     walls, cpus, result = [], [], None
     for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
-        cpus.append(time.thread_time() - c0)
+        cpus.append(time.process_time() - c0)
         walls.append(time.perf_counter() - t0)
     return summary(walls, cpus), result
 
@@ -249,13 +249,13 @@ def run(args) -> int:
     for rep in range(max(1, args.loop_repeats)):
         t_enc = t_dec = c_enc = c_dec = 0.0
         for k in loop_names:
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0 = time.perf_counter(), time.process_time()
             index, q, scale = encoded[k] = seed_loop_encode(weights[k])
-            c_enc += time.thread_time() - c0
+            c_enc += time.process_time() - c0
             t_enc += time.perf_counter() - t0
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0 = time.perf_counter(), time.process_time()
             back = seed_loop_decode(index, q, scale, weights[k].shape)
-            c_dec += time.thread_time() - c0
+            c_dec += time.process_time() - c0
             t_dec += time.perf_counter() - t0
             if rep == 0:
                 rec = codec.encode_tensor(k, weights[k], "seed")
