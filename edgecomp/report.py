@@ -89,6 +89,24 @@ def png_bytes(fig, dpi: int | None = None) -> bytes:
     return buf.getvalue()
 
 
+def size_plot_png(fig, ax, *, ylabel: str, title: str, xlabel: str = "size (KiB, log scale)",
+                  legend: bool = True) -> bytes:
+    """Finish an accuracy-vs-size plot (log size axis, labels, grid, legend) as PNG bytes.
+
+    Example:
+        >>> fig, ax = plt.subplots(); ax.plot(kib, acc, "o-", label="seed")
+        >>> png = size_plot_png(fig, ax, ylabel="test accuracy (%)", title="VGG-like")
+    """
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return png_bytes(fig, dpi=110)
+
+
 def plot_size_accuracy(report: dict) -> bytes:
     import matplotlib
     matplotlib.use("Agg")
@@ -106,12 +124,8 @@ def plot_size_accuracy(report: dict) -> bytes:
             ax.scatter(a["bytes"] / 1024, 100 * r["accuracy"], marker="o", s=40)
             ax.annotate(Path(a["path"]).name, (a["bytes"] / 1024, 100 * r["accuracy"]), fontsize=8,
                         xytext=(4, -10), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("size (KiB, log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{report['config']['model']} on {report['data']['name']}: size vs accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    return png_bytes(fig, dpi=110)
+    return size_plot_png(fig, ax, ylabel="test accuracy (%)", legend=False,
+                         title=f"{report['config']['model']} on {report['data']['name']}: size vs accuracy")
 
 
 def write_run_report(report: dict, out: Path):

@@ -81,7 +81,7 @@ def plot(state: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgecomp.report import png_bytes
+    from edgecomp.report import size_plot_png
     base = state["baseline"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     pts = sorted((r["bytes"] / 1024, 100 * r["val_accuracy"], r["rate"]) for r in state["single"])
@@ -93,13 +93,8 @@ def plot(state: dict) -> bytes:
         ax.plot([b["bytes"] / 1024], [100 * b["val_accuracy"]], "r*", ms=14, label="budgeted search")
     ax.axhline(100 * (base["val_accuracy"]) - state["max_accuracy_drop"], color="gray", ls=":",
                label=f"budget (baseline - {state['max_accuracy_drop']} points)")
-    ax.set_xscale("log")
-    ax.set_xlabel("container size (KiB, log scale)")
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("Budgeted per-layer search vs one global rate (VGG-like, Fashion-MNIST)")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    return png_bytes(fig, dpi=110)
+    return size_plot_png(fig, ax, xlabel="container size (KiB, log scale)", ylabel="held-out accuracy (%)",
+                         title="Budgeted per-layer search vs one global rate (VGG-like, Fashion-MNIST)")
 
 
 def main(argv=None) -> int:

@@ -68,14 +68,9 @@ def plot(rows: list[dict], baseline: dict) -> bytes:
                 ax.annotate(str(rate), (kb, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.axhline(100 * baseline["accuracy"], color="gray", ls="--", lw=1, label="uncompressed")
     ax.axhline(100 * baseline["accuracy"] - 1, color="gray", ls=":", lw=1, label="uncompressed - 1 point")
-    ax.set_xscale("log")
-    ax.set_xlabel("container size (KiB, log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("VGG-like net on Fashion-MNIST: accuracy vs storage")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    from edgecomp.report import png_bytes
-    return png_bytes(fig, dpi=110)
+    from edgecomp.report import size_plot_png
+    return size_plot_png(fig, ax, xlabel="container size (KiB, log scale)", ylabel="test accuracy (%)",
+                         title="VGG-like net on Fashion-MNIST: accuracy vs storage")
 
 
 def main(argv=None) -> int:
