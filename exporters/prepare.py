@@ -35,13 +35,23 @@ def _batchnorms(model):
     return found
 
 
+#: Upper bound on the activations one probe batch may hold (every BN input of every sample).
+_PROBE_BYTES = 256 << 20
+
+
 def constant_channels(model, calibration, batch_size: int = 64) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{bn layer name: (mask of channels whose input never changes, their value)}`` on ``calibration``."""
+    """``{bn layer name: (mask of channels whose input never changes, their value)}`` on ``calibration``.
+
+    Batches are at most ``batch_size`` samples and small enough that all the BN inputs of one
+    batch fit in 256 MB (a full-size UNet holds ~50 MB of them per image).
+    """
     import keras
 
     layers = _batchnorms(model)
     if not layers:
         return {}
+    per_sample = 4 * sum(int(np.prod([d or 1 for d in layer.input.shape[1:]])) for layer in layers)
+    batch_size = max(1, min(int(batch_size), _PROBE_BYTES // max(1, per_sample)))
     probe = keras.Model(model.inputs, [layer.input for layer in layers])
     lo = hi = None
     for start in range(0, len(calibration), batch_size):

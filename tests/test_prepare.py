@@ -91,3 +91,21 @@ def test_int8_export_error_shrinks_when_dead_channels_are_settled(tmp_path):
     settled = max_err((tmp_path / "m.tflite").read_bytes())
     assert settled < raw / 2, (settled, raw)
     assert check_parity(model, art, x[128:], np.argmax(ref[128:], -1), variant="int8")["top1_agreement"] >= 0.95
+
+
+def test_probe_batches_shrink_to_the_memory_bound(monkeypatch):
+    import exporters.prepare as prepare
+
+    model, x = _dead_unit_model()
+    seen = []
+    real = keras.Model.__call__
+
+    def spy(self, inputs, *args, **kwargs):
+        seen.append(len(inputs[0]) if isinstance(inputs, list) else len(inputs))
+        return real(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(prepare, "_PROBE_BYTES", 4 * 48 * 10)  # ten samples' BN inputs
+    monkeypatch.setattr(keras.Model, "__call__", spy)
+    found = prepare.constant_channels(model, x[:35])
+    assert max(seen) == 10 and sum(seen) == 35
+    assert found["fc1_bn"][0][:DEAD].all()
