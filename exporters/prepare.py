@@ -43,7 +43,7 @@ def constant_channels(model, calibration, batch_size: int = 64) -> dict[str, tup
     """``{bn layer name: (mask of channels whose input never changes, their value)}`` on ``calibration``.
 
     Batches are at most ``batch_size`` samples and small enough that all the BN inputs of one
-    batch fit in 256 MB (a full-size UNet holds ~50 MB of them per image).
+    batch fit in 256 MB, however large the model's feature maps are.
     """
     import keras
 
