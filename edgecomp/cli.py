@@ -19,6 +19,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
 
+from edgecomp.train import LR_SCHEDULES  # noqa: E402  (numpy only; TensorFlow loads later)
+
 
 def _rate(text: str) -> float:
     try:
@@ -76,7 +78,7 @@ def _add_compression(p):
                    help="oneshot, iterative[:STEPS] (fine-tune after each step) or gradual[:UPDATES] (default: oneshot)")
     g.add_argument("--fine-tune-epochs", type=_positive, default=1,
                    help="masked fine-tuning epochs (per step for iterative) (default: 1)")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="learning rate of each fine-tuning run: constant, or cosine decay to 0 (default: constant)")
     g.add_argument("--prune-first", action="store_true", help="prune the first conv/dense layer too")
     g.add_argument("--bits", default="conv=8,dense=5", help="deep: centroid bits per layer kind or glob (default: conv=8,dense=5)")
@@ -130,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-accuracy-drop", type=float, default=None,
                    help="points of accuracy the search may lose on held-out training data")
     g.add_argument("--target-ratio", type=float, default=None, help="aim at this size ratio against fp32 instead")
-    g.add_argument("--val-size", type=_positive, default=2000, help="the last N training samples, held out for the search (the model should not "
-                        "have been trained on them, or the held-out accuracy is training accuracy)")
+    g.add_argument("--val-size", type=_positive, default=2000,
+                   help="the last N training samples, held out for the search (the model should not have been "
+                        "trained on them, or the held-out accuracy is training accuracy)")
 
     p = sub.add_parser("analyze", help="per-layer sensitivity to pruning and weight sharing (no fine-tuning)")
     p.add_argument("model", help="a .keras file")

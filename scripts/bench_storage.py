@@ -23,6 +23,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgecomp.train import LR_SCHEDULES  # noqa: E402
+
 SEED_RATES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.87, 0.9)
 #: Deep Compression settings: pruning (rate, criterion, schedule) + sharing (bits) + coding.
 #: A setting with "fine_tune_all" fine-tunes on the whole training set instead of the first
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--fine-tune-epochs", type=int, default=1, help="per pruning step (default: 1)")
     p.add_argument("--centroid-epochs", type=int, default=1)
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
                    help="Adam's learning rate in baseline training and each fine-tuning run (default: cosine)")
     p.add_argument("--train-size", type=int, default=None, help="baseline training samples (default: all 60,000)")
     p.add_argument("--fine-tune-size", type=int, default=20000,
