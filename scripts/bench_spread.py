@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from edgecomp.errors import EdgecompError  # noqa: E402
-from edgecomp.io import write_json  # noqa: E402
+from edgecomp.io import write_json, write_text  # noqa: E402
 from runtime_bench import bench_files  # noqa: E402
 from runtime_bench.checks import check_model, inputs_for  # noqa: E402
 
@@ -84,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "records": records,
     })
+    lines = ["# Spread of repeated benchmark runs", "",
+             f"Made by `python scripts/bench_spread.py {' '.join(argv if argv is not None else sys.argv[1:])}`: "
+             f"`{model.name}`, target `{args.target}` (threads {records[0]['threads']}, cpus {records[0]['cpus']}), "
+             f"batch {args.batch}, {args.min_time:g} s of timed runs per repeat, each repeat a full bench run in a "
+             f"fresh worker; load {load_before[0]:.2f} -> {load_after[0]:.2f}.", "",
+             "| repeat | median ms | timed runs |", "|---:|---:|---:|"]
+    lines += [f"| {i} | {r['median_ms']:.4f} | {r['runs']:,} |" for i, r in enumerate(records, 1)]
+    lines += ["", f"Coefficient of variation of the medians (sample std / mean): **{cv:.2%}** "
+              f"(target <= 5%: {'met' if ok else 'missed'}).", ""]
+    write_text(out.with_suffix(".md"), "\n".join(lines))
     print(f"medians (ms): {' '.join(f'{m:.4f}' for m in medians)}; CV {cv:.2%} "
           f"(target <= 5%: {'ok' if ok else 'MISSED'}); load {load_before[0]:.2f} -> {load_after[0]:.2f}; "
           f"wrote {out}")
