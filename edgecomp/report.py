@@ -47,8 +47,10 @@ def text_table(head, rows) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def markdown_table(head, rows) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def markdown_table(head, rows, align: str | None = None) -> str:
+    """A Markdown table; ``align`` has one letter per column, ``l`` or ``r`` (default: all plain)."""
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in (align or "l" * len(head)))
+    out = ["| " + " | ".join(head) + " |", rule]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
 

@@ -9,6 +9,7 @@ Not part of the measuring path: nothing here is imported by ``bench_files``.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,25 @@ def inputs_for(model: str | os.PathLike, n: int = 64, seed: int = 0) -> np.ndarr
     """``n`` uniform [0, 1) float32 samples shaped like ``model``'s input (without its batch)."""
     shape = input_shape(model)[1:]
     return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
+
+
+def write_check(out: Path, result: dict, *, title: str, script: str, argv, setup: str,
+                head: list[str], rows: list[list[str]], align: str, verdict: str) -> None:
+    """Write a check's ``result`` as JSON to ``out`` and as a Markdown table beside it
+    (``out`` with ``.md``): title, the command that made it, ``setup``, the table, ``verdict``."""
+    from edgecomp.io import write_json, write_text
+    from edgecomp.report import markdown_table
+
+    command = " ".join(["python", f"scripts/{script}", *(argv if argv is not None else sys.argv[1:])])
+    write_json(out, result)
+    write_text(out.with_suffix(".md"), "\n".join([f"# {title}", "", f"Made by `{command}`: {setup}", "",
+                                                  markdown_table(head, rows, align), "", verdict, ""]))
+
+
+def run_check(main) -> None:
+    """Run a check's ``main`` as the script: its return code, or one line and exit 2 on bad input."""
+    try:
+        sys.exit(main())
+    except EdgecompError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -40,9 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from edgecomp.errors import EdgecompError  # noqa: E402
-from edgecomp.io import write_json, write_text  # noqa: E402
 from runtime_bench import bench_file  # noqa: E402
-from runtime_bench.checks import check_model, input_shape, inputs_for  # noqa: E402
+from runtime_bench.checks import check_model, input_shape, inputs_for, run_check, write_check  # noqa: E402
 from runtime_bench.targets import pick_core  # noqa: E402
 
 
@@ -143,17 +142,15 @@ def main(argv: list[str] | None = None) -> int:
                   "by default the harness drops runs during which its thread was preempted "
                   "(see runtime_bench.latency); the tool keeps every run"],
     }
-    write_json(out, result)
-    lines = ["# Latency: the harness against litert-benchmark", "",
-             f"Made by `python scripts/bench_latency_check.py {' '.join(argv if argv is not None else sys.argv[1:])}`: "
-             f"`{model.name}`, {args.threads} thread(s), batch {args.batch}, each measurement in a fresh process, "
-             f"order alternating; load {load_before[0]:.2f} -> {load_after[0]:.2f}.", "",
-             "| round | order | harness median ms | litert-benchmark median ms |", "|---:|---|---:|---:|"]
-    lines += [f"| {i} | {r['order']} | {r['harness_median_ms']:.4f} | {r['tool_median_ms']:.2f} |"
-              for i, r in enumerate(rounds, 1)]
-    lines += ["", f"Median of the rounds: harness {harness:.3f} ms, litert-benchmark {tool:.3f} ms, "
-              f"ratio **{ratio:.3f}** (target 0.90-1.10: {'met' if ok else 'missed'}).", ""]
-    write_text(out.with_suffix(".md"), "\n".join(lines))
+    write_check(out, result, title="Latency: the harness against litert-benchmark",
+                script="bench_latency_check.py", argv=argv,
+                setup=f"`{model.name}`, {args.threads} thread(s), batch {args.batch}, each measurement in a fresh "
+                      f"process, order alternating; load {load_before[0]:.2f} -> {load_after[0]:.2f}.",
+                head=["round", "order", "harness median ms", "litert-benchmark median ms"], align="rlrr",
+                rows=[[i, r["order"], f"{r['harness_median_ms']:.4f}", f"{r['tool_median_ms']:.2f}"]
+                      for i, r in enumerate(rounds, 1)],
+                verdict=f"Median of the rounds: harness {harness:.3f} ms, litert-benchmark {tool:.3f} ms, "
+                        f"ratio **{ratio:.3f}** (target 0.90-1.10: {'met' if ok else 'missed'}).")
     print(f"harness median {harness:.3f} ms, litert-benchmark median {tool:.3f} ms, ratio {ratio:.3f} "
           f"(target 0.90-1.10: {'ok' if ok else 'MISSED'}); load {load_before[0]:.2f} -> "
           f"{load_after[0]:.2f}; wrote {out}")
@@ -161,8 +158,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EdgecompError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_check(main)

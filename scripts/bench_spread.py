@@ -30,10 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from edgecomp.errors import EdgecompError  # noqa: E402
-from edgecomp.io import write_json, write_text  # noqa: E402
 from runtime_bench import bench_files  # noqa: E402
-from runtime_bench.checks import check_model, inputs_for  # noqa: E402
+from runtime_bench.checks import check_model, inputs_for, run_check, write_check  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     cv = statistics.stdev(medians) / mean if len(medians) > 1 and mean > 0 else 0.0
     ok = cv <= 0.05
     load_after = os.getloadavg()
-    write_json(out, {
+    result = {
         "model": str(model), "target": args.target, "threads": records[0]["threads"],
         "cpus": records[0]["cpus"], "batch": args.batch, "runs": args.runs, "warmup": args.warmup,
         "min_time_s": args.min_time, "medians_ms": medians, "mean_of_medians_ms": mean,
@@ -83,17 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": load_before, "loadavg_after": load_after,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "records": records,
-    })
-    lines = ["# Spread of repeated benchmark runs", "",
-             f"Made by `python scripts/bench_spread.py {' '.join(argv if argv is not None else sys.argv[1:])}`: "
-             f"`{model.name}`, target `{args.target}` (threads {records[0]['threads']}, cpus {records[0]['cpus']}), "
-             f"batch {args.batch}, {args.min_time:g} s of timed runs per repeat, each repeat a full bench run in a "
-             f"fresh worker; load {load_before[0]:.2f} -> {load_after[0]:.2f}.", "",
-             "| repeat | median ms | timed runs |", "|---:|---:|---:|"]
-    lines += [f"| {i} | {r['median_ms']:.4f} | {r['runs']:,} |" for i, r in enumerate(records, 1)]
-    lines += ["", f"Coefficient of variation of the medians (sample std / mean): **{cv:.2%}** "
-              f"(target <= 5%: {'met' if ok else 'missed'}).", ""]
-    write_text(out.with_suffix(".md"), "\n".join(lines))
+    }
+    write_check(out, result, title="Spread of repeated benchmark runs",
+                script="bench_spread.py", argv=argv,
+                setup=f"`{model.name}`, target `{args.target}` (threads {records[0]['threads']}, cpus "
+                      f"{records[0]['cpus']}), batch {args.batch}, {args.min_time:g} s of timed runs per repeat, "
+                      f"each repeat a full bench run in a fresh worker; load {load_before[0]:.2f} -> "
+                      f"{load_after[0]:.2f}.",
+                head=["repeat", "median ms", "timed runs"], align="rrr",
+                rows=[[i, f"{r['median_ms']:.4f}", f"{r['runs']:,}"] for i, r in enumerate(records, 1)],
+                verdict=f"Coefficient of variation of the medians (sample std / mean): **{cv:.2%}** "
+                        f"(target <= 5%: {'met' if ok else 'missed'}).")
     print(f"medians (ms): {' '.join(f'{m:.4f}' for m in medians)}; CV {cv:.2%} "
           f"(target <= 5%: {'ok' if ok else 'MISSED'}); load {load_before[0]:.2f} -> {load_after[0]:.2f}; "
           f"wrote {out}")
@@ -101,8 +99,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except EdgecompError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_check(main)
