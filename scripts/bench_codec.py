@@ -12,7 +12,8 @@ output filter at ``--rate`` (edgecomp.pruning.filter_mask) and weight-shared by 
 (edgecomp.weight_sharing, ``--bits``); biases stay raw float32.
 
 Timed ``--repeats`` times (whole container: encode_weights / decode_weights): the ``seed``
-method, and the ``deep`` method with the Huffman and the fixed-width coder. The seed's loop
+method, and the ``deep`` method with the Huffman, the deflate (inflated by ISA-L, and once
+more by the standard library's zlib) and the fixed-width coder. The seed's loop
 is timed ``--loop-repeats`` times (it is slow), on the kernels up to ``--loop-params``
 parameters, and its speed is taken per parameter. Params are dense tensor sizes. Every
 speed is given as the median and the best of the repeats, in wall time and in CPU time of
@@ -280,10 +281,17 @@ def run(args) -> int:
     for coder in ("huffman", "deflate", "fixed"):
         variants[f"deep/{coder}"] = {k: codec.deep_spec(shared[k], index_bits=args.index_bits, coder=coder)
                                      for k in kernels}
+    # The deflate streams once more, inflated by the standard library's zlib (without isal).
+    variants["deep/deflate+zlib"] = variants["deep/deflate"]
     results = {}
     for label, methods in variants.items():
         t_e, data = timed(lambda: codec.encode_weights(weights, methods), args.repeats)
-        t_d, (_, out) = timed(lambda: codec.decode_weights(data), args.repeats)
+        default = deep.inflater()
+        deep.inflater("zlib" if label.endswith("+zlib") else default)
+        try:
+            t_d, (_, out) = timed(lambda: codec.decode_weights(data), args.repeats)
+        finally:
+            deep.inflater(default)
         records = codec.tensor_records(data)
         kernel_bytes = sum(r.stream_bytes for r in records if r.name in shared)
         exact = all(np.array_equal(out[k], weights[k]) for k in weights) if label != "seed" else None
@@ -324,13 +332,14 @@ def run(args) -> int:
             "exact_round_trip": dh["exact_round_trip"],
         }
 
-    targets = {label: targets_for(label) for label in ("deep/huffman", "deep/deflate")}
+    targets = {label: targets_for(label) for label in ("deep/huffman", "deep/deflate", "deep/deflate+zlib")}
     report = {"machine": {"cpus": os.cpu_count(), "load_avg_1m_start": load_start, "load_avg_1m": os.getloadavg()[0],
                           "python": platform.python_version(), "numpy": np.__version__,
                           "platform": platform.platform()},
               "net": {"source": args.model or "synthetic VGG-like (Laplace weights)", "params": params,
                       "kernels": len(kernels), "kept_weights": kept, "rate": args.rate, "bits": args.bits,
-                      "index_bits": args.index_bits, "repeats": args.repeats, "loop_repeats": args.loop_repeats},
+                      "index_bits": args.index_bits, "repeats": args.repeats, "loop_repeats": args.loop_repeats,
+                      "inflater": deep.inflater()},
               "seed_loop": loop, "methods": results, "huffman_saving": saving,
               "any_order0_coder_max_gain_over_huffman": 1 - hs["entropy_bits"] / hs["coded_bits"],
               "targets": targets}
@@ -371,7 +380,8 @@ def print_report(r: dict) -> None:
               f"{'' if b is None else f'{b:,}':>9s} {'' if bpw is None else f'{bpw:.3f}':>9s}")
     print(f"(seed loop: {loop['timed_tensors']} kernels, {loop['timed_params']:,} params, {r['net']['loop_repeats']} "
           f"repeats, speed per param; same bytes and values as our seed method: {loop['same_bytes_as_seed_method']}; "
-          f"ours: {r['net']['repeats']} repeats, whole container incl. raw biases; load avg "
+          f"ours: {r['net']['repeats']} repeats, whole container incl. raw biases; deep/deflate inflated by "
+          f"{r['net'].get('inflater', 'zlib')}, deep/deflate+zlib by the standard library's zlib; load avg "
           f"{r['machine']['load_avg_1m_start']:.1f} -> {r['machine']['load_avg_1m']:.1f} "
           f"on {r['machine']['cpus']} CPUs)")
     for label in ("deep/huffman", "deep/fixed"):

@@ -216,13 +216,25 @@ def test_container_v2_is_written_and_v1_still_read():
             codec.decode_weights(with_major(major))
 
 
-def test_deflate_coder_round_trip_and_rejects_damage():
-    import zlib
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+def test_deflate_coder_round_trip_and_rejects_damage(inflater):
     from edgecomp import codec
+    from edgecomp.codec import deep
     from edgecomp.codec.deep import deflate_decode, deflate_encode
     from edgecomp.errors import ContainerError
     from edgecomp.weight_sharing import share_tensor
 
+    default = deep.inflater()
+    assert deep.inflater(inflater) == inflater     # both are installed (isal is a dependency)
+    try:
+        _check_deflate_coder(codec, deflate_decode, deflate_encode, ContainerError, share_tensor)
+    finally:
+        deep.inflater(default)
+    with pytest.raises(EdgecompError, match="not available"):
+        deep.inflater("brotli")
+
+
+def _check_deflate_coder(codec, deflate_decode, deflate_encode, ContainerError, share_tensor):
     rng = np.random.default_rng(3)
     w = rng.normal(size=(64, 32)).astype(np.float32)
     w[np.abs(w) < 1.2] = 0
@@ -243,3 +255,23 @@ def test_deflate_coder_round_trip_and_rejects_damage():
     # zlib Huffman-only: no LZ77 matches, so a repetitive stream is not smaller than its entropy allows
     rep = np.tile(np.arange(16, dtype=np.uint8), 500)
     assert len(deflate_encode(rep)) >= 0.9 * len(rep) * 4 / 8
+
+
+def test_decoded_tensors_share_one_block_but_not_values():
+    """deep tensors are decoded into one zeroed block: each array is its own slice."""
+    from edgecomp import codec
+    from edgecomp.weight_sharing import share_tensor
+
+    rng = np.random.default_rng(5)
+    ws = {}
+    for name, shape in (("a", (3, 3, 4, 8)), ("b", (32, 16)), ("c", (5, 7))):
+        w = rng.normal(size=shape).astype(np.float32)
+        w[np.abs(w) < 1.0] = 0
+        ws[name] = share_tensor(w, 3)
+    data = codec.encode_weights({k: s.weights() for k, s in ws.items()},
+                                {k: codec.deep_spec(s, coder="deflate") for k, s in ws.items()})
+    _, out = codec.decode_weights(data)
+    for k, s in ws.items():
+        assert out[k].shape == s.weights().shape and np.array_equal(out[k], s.weights())
+    out["a"][...] = 7.0                       # writing one tensor leaves the others as decoded
+    assert np.array_equal(out["b"], ws["b"].weights()) and np.array_equal(out["c"], ws["c"].weights())

@@ -108,8 +108,18 @@ class _Reader:
         return out
 
     def unpack(self, fmt: str):
-        s = struct.Struct("<" + fmt)
-        return s.unpack(self.take(s.size))
+        s = _STRUCTS.get(fmt)
+        if s is None:
+            s = _STRUCTS[fmt] = struct.Struct("<" + fmt)
+        if self.pos + s.size > len(self.data):
+            self.fail(f"expected {s.size} more bytes, {len(self.data) - self.pos} remain")
+        out = s.unpack_from(self.data, self.pos)
+        self.pos += s.size
+        return out
+
+
+#: Compiled ``struct`` formats by format string (parsing is hot on many-tensor files).
+_STRUCTS: dict[str, struct.Struct] = {}
 
 
 def _read_tensor(payload: bytes, base: int, index: int, max_elements: int) -> TensorRecord:
