@@ -132,13 +132,14 @@ def convert_to_bytes(model, fmt: str, variant: str,
                      calibration: np.ndarray | None = None) -> tuple[Exporter, bytes]:
     """Convert without writing; returns the exporter used and the file's bytes.
 
-    Calibrated variants (``int8*``) convert a copy with constant BatchNorm channels settled
-    (:func:`exporters.prepare.settle_constant_channels`, which says why).
+    Calibrated variants (``int8*``) convert a copy with constant BatchNorm channels settled and
+    ReLU -> BatchNorm channel ranges equalized (:mod:`exporters.prepare` says why).
     """
     exporter = get_exporter(fmt, variant)
     if variant.startswith("int8") and calibration is not None:
-        from .prepare import settle_constant_channels
-        model = settle_constant_channels(model, check_calibration(model, calibration, fmt, variant))
+        from .prepare import equalize_relu_batchnorm, settle_constant_channels
+        x = check_calibration(model, calibration, fmt, variant)
+        model = equalize_relu_batchnorm(settle_constant_channels(model, x), x)
     return exporter, exporter.convert(model, variant, calibration)
 
 

@@ -1,4 +1,5 @@
-"""Constant BatchNorm channels are settled before calibrated exports (exporters.prepare)."""
+"""Calibrated exports convert a prepared copy (exporters.prepare): constant BatchNorm channels
+settled, ReLU -> BatchNorm channel ranges equalized."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
 from exporters import check_parity, export  # noqa: E402
-from exporters.prepare import constant_channels, settle_constant_channels  # noqa: E402
+from exporters.prepare import (constant_channels, equalize_relu_batchnorm, relu_batchnorm_pairs,  # noqa: E402
+                               settle_constant_channels)
 from exporters.tflite import _convert  # noqa: E402
 
 DEAD = 24  # of 48 hidden units
@@ -109,3 +111,80 @@ def test_probe_batches_shrink_to_the_memory_bound(monkeypatch):
     found = prepare.constant_channels(model, x[:35])
     assert max(seen) == 10 and sum(seen) == 35
     assert found["fc1_bn"][0][:DEAD].all()
+
+
+def _spread_range_model(seed: int = 0, spread: float = 1000.0):
+    """Conv1D+ReLU whose channels' ranges span ``spread``x, a BatchNorm that normalises them
+    (as a trained net's does), max over points, a Dense head: PointNet's per-point MLP."""
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input((32, 3), name="points")
+    h = keras.layers.Conv1D(24, 1, activation="relu", name="mlp_conv")(inputs)
+    h = keras.layers.BatchNormalization(name="mlp_bn")(h)
+    h = keras.layers.GlobalMaxPooling1D(name="pool")(h)
+    outputs = keras.layers.Dense(10, name="head")(h)
+    model = keras.Model(inputs, outputs)
+    gain = np.geomspace(1.0, spread, 24).astype("float32")
+    model.get_layer("mlp_conv").set_weights([(rng.normal(0, 1, (1, 3, 24)) * gain).astype("float32"),
+                                             (0.1 * gain).astype("float32")])
+    model.get_layer("mlp_bn").set_weights([rng.uniform(0.5, 1.5, 24).astype("float32"),
+                                           rng.normal(0, 0.2, 24).astype("float32"),
+                                           (0.8 * gain).astype("float32"), (gain ** 2).astype("float32")])
+    model.get_layer("head").set_weights([rng.normal(0, 0.5, (24, 10)).astype("float32"), np.zeros(10, "float32")])
+    return model, rng.normal(0, 1, (320, 32, 3)).astype("float32")
+
+
+def test_equalized_copy_computes_the_same_with_one_range_per_tensor():
+    model, x = _spread_range_model()
+    before = [w.copy() for w in model.get_weights()]
+    assert [(a.name, b.name) for a, b in relu_batchnorm_pairs(model)] == [("mlp_conv", "mlp_bn")]
+    eq = equalize_relu_batchnorm(model, x[:128])
+    assert eq is not model
+    np.testing.assert_allclose(eq.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+
+    def channel_max(m):
+        probe = keras.Model(m.inputs, m.get_layer("mlp_bn").input)
+        return np.asarray(probe.predict(x[:128], verbose=0)).reshape(-1, 24).max(0)
+
+    top = channel_max(eq)
+    assert channel_max(model).max() / channel_max(model).min() > 100          # spread before
+    np.testing.assert_allclose(top, top.max(), rtol=1e-4)                    # one range after
+    for a, b in zip(before, model.get_weights()):                            # model untouched
+        np.testing.assert_array_equal(a, b)
+
+
+def test_only_relu_outputs_that_feed_just_a_batchnorm_are_equalized():
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+    inputs = keras.Input((8,))
+    linear = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(8, name="fc")(inputs))   # no ReLU
+    model = keras.Model(inputs, linear)
+    assert relu_batchnorm_pairs(model) == [] and equalize_relu_batchnorm(model, x) is model
+    h = keras.layers.Dense(8, activation="relu", name="fc_relu")(inputs)
+    shared = keras.Model(inputs, [keras.layers.BatchNormalization(name="bn2")(h), h])  # a 2nd consumer
+    assert relu_batchnorm_pairs(shared) == []
+
+
+def test_int8_export_error_shrinks_when_ranges_are_equalized(tmp_path):
+    """One int8 scale for the ReLU output leaves the narrow channels a few levels, and the BN
+    (folded into the conv by the converter) multiplies their error back up."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, x = _spread_range_model()
+    ref = model.predict(x[128:], verbose=0)
+
+    def mean_err(data: bytes) -> float:
+        it = Interpreter(model_content=data)
+        it.allocate_tensors()
+        i, o = it.get_input_details()[0], it.get_output_details()[0]
+        (si, zi), (so, zo) = i["quantization"], o["quantization"]
+        errs = []
+        for k in range(len(ref)):
+            it.set_tensor(i["index"], np.clip(np.round(x[128 + k:129 + k] / si + zi), -128, 127).astype(np.int8))
+            it.invoke()
+            errs.append(np.abs((it.get_tensor(o["index"]).astype(np.float32) - zo) * so - ref[k]).mean())
+        return float(np.mean(errs))
+
+    raw = mean_err(_convert(model, "int8", x[:128]))
+    export(model, "tflite", "int8", tmp_path / "m.tflite", calibration=x[:128])
+    equalized = mean_err((tmp_path / "m.tflite").read_bytes())
+    print(f"int8 mean abs error: {raw:.4f} as is, {equalized:.4f} equalized")
+    assert equalized < raw / 3, (equalized, raw)
