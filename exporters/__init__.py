@@ -9,7 +9,8 @@
 Formats and their variants are in :data:`VARIANTS`, named
 ``<precision>[-floatio][-sparse]`` (``fp32``, ``fp16``, ``dynamic``, ``int8``,
 ``int8-floatio``, each also ``-sparse``; ONNX has ``fp32``, ``int8``, ``dynamic``
-and their ``-sparse`` forms). A name means the same precision in every format,
+and their ``-sparse`` forms; both have ``int16x8``: int8 weights, int16 activations).
+A name means the same precision in every format,
 so one ``--variants`` list can be applied to each format that offers it. Every
 file is load-probed in a fresh process before it is written:
 ``art.needs["resolver"]`` (LiteRT) or ``art.needs["optimization"]`` (ONNX

@@ -128,15 +128,20 @@ def check_calibration(model, calibration, fmt: str, variant: str) -> np.ndarray:
     return x
 
 
+def is_calibrated(variant: str) -> bool:
+    """Whether ``variant`` quantizes activations from calibration data (``int8*``, ``int16x8``)."""
+    return variant.startswith(("int8", "int16x8"))
+
+
 def convert_to_bytes(model, fmt: str, variant: str,
                      calibration: np.ndarray | None = None) -> tuple[Exporter, bytes]:
     """Convert without writing; returns the exporter used and the file's bytes.
 
-    Calibrated variants (``int8*``) convert a copy with constant BatchNorm channels settled and
-    ReLU -> BatchNorm channel ranges equalized (:mod:`exporters.prepare` says why).
+    Calibrated variants (``int8*``, ``int16x8``) convert a copy with constant BatchNorm channels
+    settled and ReLU -> BatchNorm channel ranges equalized (:mod:`exporters.prepare` says why).
     """
     exporter = get_exporter(fmt, variant)
-    if variant.startswith("int8") and calibration is not None:
+    if is_calibrated(variant) and calibration is not None:
         from .prepare import equalize_relu_batchnorm, settle_constant_channels
         x = check_calibration(model, calibration, fmt, variant)
         model = equalize_relu_batchnorm(settle_constant_channels(model, x), x)
@@ -148,7 +153,7 @@ def export(model, fmt: str, variant: str, out_path: str | os.PathLike,
     """Convert ``model`` to ``fmt``/``variant`` and write it atomically to ``out_path``.
 
     ``calibration`` (float32, shaped like the model input, N first; e.g. 200
-    training images) is needed by the statically quantized variants (``int8*``).
+    training images) is needed by the statically quantized variants (``int8*``, ``int16x8``).
 
     Example:
         >>> art = export(model, "onnx", "fp32", "out/model.onnx")

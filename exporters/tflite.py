@@ -1,4 +1,4 @@
-"""TFLite (LiteRT) export in ten variants: ``<precision>[-floatio][-sparse]``.
+"""TFLite (LiteRT) export in eleven variants: ``<precision>[-floatio][-sparse]`` and ``int16x8``.
 
 ========================  =====================================================
 ``fp32``                  float32 weights and compute
@@ -10,6 +10,10 @@
 ``int8-floatio``          full integer inside, float32 input and output
 ``<any>-sparse``          the same plus ``Optimize.EXPERIMENTAL_SPARSITY``:
                           weights with >= 30% zeros are stored sparse
+``int16x8``               int8 weights, int16 activations, float32 I/O
+                          (calibrated): for models whose class scores int8
+                          activations cannot hold apart (LiteRT runs it on
+                          reference kernels: slower than int8; no -sparse form)
 ========================  =====================================================
 
     >>> from exporters import export
@@ -56,10 +60,12 @@ _PRECISIONS: dict[str, dict] = {
     "int8-floatio": {"optimize": True, "calibrate": True},
 }
 
-#: Variant name -> converter settings (``sparse``: Optimize.EXPERIMENTAL_SPARSITY).
+#: Variant name -> converter settings (``sparse``: Optimize.EXPERIMENTAL_SPARSITY;
+#: ``int16_activations``: the 16x8 op set instead of the int8 one).
 _SETTINGS: dict[str, dict] = {
     **_PRECISIONS,
     **{f"{name}-sparse": {**s, "sparse": True} for name, s in _PRECISIONS.items()},
+    "int16x8": {"optimize": True, "calibrate": True, "int16_activations": True},
 }
 
 #: LiteRT op resolvers tried at export, in order (runtime_bench.runners names).
@@ -91,7 +97,9 @@ def _configure(converter, variant: str, model, calibration) -> None:
         converter.target_spec.supported_types = [tf.float16]
     if s.get("calibrate"):
         converter.representative_dataset = _calibration_feed(model, calibration, variant)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            if s.get("int16_activations") else tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if s.get("int8_io"):
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8

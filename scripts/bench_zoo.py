@@ -17,7 +17,8 @@ the table's ``data`` column says so (with the reason in the JSON).
 Each decoded model is exported to TFLite fp32 and int8 and ONNX fp32 (and ONNX int8 where
 ``exporters.VARIANTS`` offers it); each file's parity with the decoded Keras model is checked
 against the exporters' default thresholds (UNet fp32: mask IoU >= 0.999 instead of 100%
-per-pixel agreement), then every file is benchmarked
+per-pixel agreement); where an int8 file misses them, the same format's ``int16x8`` variant
+(int8 weights, int16 activations) is exported and checked too. Then every file is benchmarked
 (``runtime_bench.bench_files``, batch 1, 1 thread). Writes ``bench_zoo.json`` and
 ``bench_zoo.md`` (atomically, after each model) to ``--out`` (default ``docs/results/zoo``); the
 model files go to ``--work`` (default ``runs/bench_zoo``).
@@ -128,7 +129,7 @@ def run_model(name: str, args, out: Path) -> dict:
     from edgecomp.models import build_model
     from edgecomp.pipeline import compress
     from edgecomp.zoo import evaluate, predict
-    from exporters import check_parity, export
+    from exporters import VARIANTS, check_parity, export
     from runtime_bench import bench_files, open_runner
 
     start = time.time()
@@ -168,7 +169,8 @@ def run_model(name: str, args, out: Path) -> dict:
     x, y = ds.x_test, ds.y_test
     ref = predict(decoded, x)
     artifacts = []
-    for fmt, variant in export_variants():
+    queue = export_variants()
+    for fmt, variant in queue:
         path = out / f"{name}_{variant}.{'tflite' if fmt == 'tflite' else 'onnx'}"
         entry = {"format": fmt, "variant": variant, "file": path.name}
         try:
@@ -189,6 +191,8 @@ def run_model(name: str, args, out: Path) -> dict:
         except Exception as exc:  # an exporter bug or a converter refusal is one row, not the end of the run
             entry.update({"passed": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
         artifacts.append(entry)
+        if variant == "int8" and entry.get("failures") and "int16x8" in VARIANTS.get(fmt, ()):
+            queue.append((fmt, "int16x8"))         # int8 out of parity: try 16-bit activations too
         state = "ok" if entry["passed"] else "FAILED " + "; ".join(entry.get("failures") or [entry.get("error", "")])
         print(f"[{name}] {fmt} {variant}: {entry.get('bytes', '-')} B, parity {state}", flush=True)
 

@@ -79,8 +79,9 @@ def test_trained_model_is_meaningful(data):
 
 def test_required_variants_registered():
     dense = {"fp32", "fp16", "dynamic", "int8", "int8-floatio"}
-    assert set(VARIANTS["tflite"]) == dense | {f"{v}-sparse" for v in dense}
-    assert set(VARIANTS["onnx"]) == {"fp32", "int8", "dynamic", "fp32-sparse", "int8-sparse", "dynamic-sparse"}
+    assert set(VARIANTS["tflite"]) == dense | {f"{v}-sparse" for v in dense} | {"int16x8"}
+    assert set(VARIANTS["onnx"]) == {"fp32", "int8", "dynamic", "fp32-sparse", "int8-sparse", "dynamic-sparse",
+                                     "int16x8"}
 
 
 def test_every_variant_has_thresholds():
@@ -92,7 +93,7 @@ def test_every_variant_has_thresholds():
             assert limits["top1_agreement"] >= 0.99
             if v.startswith("fp32"):
                 assert limits == {"max_abs_diff": 1e-4, "top1_agreement": 1.0}
-            if v.startswith(("int8", "dynamic")):
+            if v.startswith(("int8", "dynamic", "int16x8")):
                 assert limits["accuracy_delta"] == -0.005
 
 
@@ -228,8 +229,30 @@ def test_int8_floatio_is_integer_inside(artifacts):
     assert art.parity["top1_agreement"] >= 0.99 and art.parity["accuracy_delta"] >= -0.005
 
 
+def test_int16x8_has_int16_activations_and_int8_weights(artifacts, data):
+    from ai_edge_litert.interpreter import Interpreter
+
+    art = artifacts["tflite", "int16x8"]
+    assert art.needs["input"]["dtype"] == art.needs["output"]["dtype"] == "float32"
+    interp = Interpreter(model_path=str(art.path))
+    dtypes = {d["dtype"] for d in interp.get_tensor_details()}
+    assert {np.int16, np.int8} <= dtypes and np.uint8 not in dtypes
+    assert art.parity["top1_agreement"] >= 0.99 and art.parity["max_abs_diff"] < 0.02
+
+    proto = onnx.load(str(artifacts["onnx", "int16x8"].path))
+    quantize = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantize
+    zero_points = {i.name: i for i in proto.graph.initializer}
+    types = {zero_points[n.input[2]].data_type for n in quantize if len(n.input) > 2 and n.input[2] in zero_points}
+    assert types == {onnx.TensorProto.INT16}            # every activation quantized to int16
+    weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    assert weights                                       # int8 kernels
+    assert artifacts["onnx", "int16x8"].parity["top1_agreement"] >= 0.99
+
+
 def test_quantized_variants_are_smaller(artifacts):
-    for fmt, variants in (("tflite", ("int8", "int8-floatio", "dynamic", "fp16")), ("onnx", ("int8", "dynamic"))):
+    for fmt, variants in (("tflite", ("int8", "int8-floatio", "dynamic", "fp16", "int16x8")),
+                          ("onnx", ("int8", "dynamic", "int16x8"))):
         fp32 = artifacts[fmt, "fp32"].bytes
         for variant in variants:
             assert artifacts[fmt, variant].bytes < fp32, (fmt, variant)
