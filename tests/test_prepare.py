@@ -68,25 +68,30 @@ def test_no_constant_channel_returns_the_model_itself():
     assert settle_constant_channels(model, x) is model
 
 
+def _int8_outputs(data: bytes, x: np.ndarray) -> np.ndarray:
+    """Run an int8-I/O .tflite on ``x`` one sample at a time; dequantized outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=data)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    (si, zi), (so, zo) = i["quantization"], o["quantization"]
+    out = []
+    for k in range(len(x)):
+        it.set_tensor(i["index"], np.clip(np.round(x[k:k + 1] / si + zi), -128, 127).astype(np.int8))
+        it.invoke()
+        out.append((it.get_tensor(o["index"]).astype(np.float32) - zo) * so)
+    return np.concatenate(out)
+
+
 def test_int8_export_error_shrinks_when_dead_channels_are_settled(tmp_path):
     """Without settling, the converter folds the ~1/sqrt(eps) gains of the dead channels into
     the head's weights and their int8 scale crushes the live ones."""
-    from ai_edge_litert.interpreter import Interpreter
-
     model, x = _dead_unit_model()
     ref = model.predict(x, verbose=0)
 
     def max_err(data: bytes) -> float:
-        it = Interpreter(model_content=data)
-        it.allocate_tensors()
-        i, o = it.get_input_details()[0], it.get_output_details()[0]
-        (si, zi), (so, zo) = i["quantization"], o["quantization"]
-        errs = []
-        for k in range(64):
-            it.set_tensor(i["index"], np.clip(np.round(x[k:k + 1] / si + zi), -128, 127).astype(np.int8))
-            it.invoke()
-            errs.append(np.abs((it.get_tensor(o["index"]).astype(np.float32) - zo) * so - ref[k]).max())
-        return float(max(errs))
+        return float(np.abs(_int8_outputs(data, x[:64]) - ref[:64]).max())
 
     raw = max_err(_convert(model, "int8", x[:128]))
     art = export(model, "tflite", "int8", tmp_path / "m.tflite", calibration=x[:128])
@@ -166,22 +171,11 @@ def test_only_relu_outputs_that_feed_just_a_batchnorm_are_equalized():
 def test_int8_export_error_shrinks_when_ranges_are_equalized(tmp_path):
     """One int8 scale for the ReLU output leaves the narrow channels a few levels, and the BN
     (folded into the conv by the converter) multiplies their error back up."""
-    from ai_edge_litert.interpreter import Interpreter
-
     model, x = _spread_range_model()
     ref = model.predict(x[128:], verbose=0)
 
     def mean_err(data: bytes) -> float:
-        it = Interpreter(model_content=data)
-        it.allocate_tensors()
-        i, o = it.get_input_details()[0], it.get_output_details()[0]
-        (si, zi), (so, zo) = i["quantization"], o["quantization"]
-        errs = []
-        for k in range(len(ref)):
-            it.set_tensor(i["index"], np.clip(np.round(x[128 + k:129 + k] / si + zi), -128, 127).astype(np.int8))
-            it.invoke()
-            errs.append(np.abs((it.get_tensor(o["index"]).astype(np.float32) - zo) * so - ref[k]).mean())
-        return float(np.mean(errs))
+        return float(np.abs(_int8_outputs(data, x[128:]) - ref).mean())
 
     raw = mean_err(_convert(model, "int8", x[:128]))
     export(model, "tflite", "int8", tmp_path / "m.tflite", calibration=x[:128])
