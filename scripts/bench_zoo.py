@@ -222,6 +222,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# Model zoo: compress -> container -> decode -> export -> bench",
         "",
+        f"Made by `{meta.get('command', 'python scripts/bench_zoo.py')}`. "
         f"Rate {meta['compress_rate']} (the seed's per-filter pruning, int8 values with uint8 index gaps), "
         "training and fine-tuning epochs per model as listed below, on "
         f"{meta['n_train']} samples; "
@@ -283,6 +284,7 @@ def main(argv=None) -> int:
     meta = {key: getattr(args, key) for key in ("compress_rate", "epochs", "fine_tune_epochs", "n_train", "n_test",
                                                 "batch_size", "runs", "isolate")}
     meta["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    meta["command"] = " ".join(["python scripts/bench_zoo.py", *(argv if argv is not None else sys.argv[1:])])
     start = time.time()
     rows = []
     for name in models:
