@@ -1,4 +1,4 @@
-"""ONNX export through tf2onnx at a fixed opset with a dynamic batch dim, in six variants.
+"""ONNX export through tf2onnx at a fixed opset with a dynamic batch dim, in seven variants.
 
 =================  ==============================================================
 ``fp32``           tf2onnx's graph, float32
@@ -10,9 +10,12 @@
 ``<any>-sparse``   the same, with each pruned weight (an initializer of rank
                    >= 2) stored as a ``sparse_initializer`` where that makes it
                    smaller
+``int16x8``        static QDQ like ``int8`` but with int16 activations and
+                   full-range int8 weights; opset 21 (the first with int16
+                   QuantizeLinear); no ``-sparse`` form
 =================  ==============================================================
 
-Both quantized variants run ONNX Runtime's own pre-processing
+The quantized variants run ONNX Runtime's own pre-processing
 (``quant_pre_process``) first. ONNX sparse tensors need int64 indices (8 bytes per
 nonzero) and ONNX Runtime densifies them at load, so a ``-sparse`` file is only a
 smaller file: it saves space below about 1/3 density for float32 weights and
@@ -41,7 +44,8 @@ from edgecomp.errors import EdgecompError
 
 from . import base, probe
 
-#: The ONNX opset every file is converted to (ONNX Runtime 1.32 runs 7..23).
+#: The ONNX opset every file is converted to (ONNX Runtime 1.32 runs 7..23); ``int16x8``
+#: files end at 21, where ONNX Runtime's quantizer moves them for int16 QuantizeLinear.
 OPSET = 17
 
 PRECISIONS = ("fp32", "int8", "dynamic")
@@ -156,7 +160,7 @@ class ArrayCalibrationReader:
 
 
 def _quantize(proto, variant: str, calibration):
-    """The QDQ (``int8``) or dynamic (``dynamic``) quantization of ``proto``, after ORT's pre-processing."""
+    """The QDQ (``int8``, ``int16x8``) or dynamic (``dynamic``) quantization of ``proto``, after ORT's pre-processing."""
     import onnx
     from onnxruntime import quantization as q
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -177,16 +181,16 @@ def _quantize(proto, variant: str, calibration):
             # graph fell to 99.25% (max diff 0.19); with reduce_range the two
             # agree within 0.008 and accuracy is unchanged. ORT's own advice
             # for non-VNNI x86; VNNI CPUs lose at most the 8th weight bit.
-            # int16x8: int16 activations need QuantizeLinear/DequantizeLinear of opset 21, or
-            # (onnxruntime 1.32, on the opset tf2onnx writes) its com.microsoft forms; no
-            # 8-bit integer kernel runs them, so full-range weights are safe (no reduce_range).
+            # int16x8: int16 activations need the QuantizeLinear/DequantizeLinear of opset
+            # 21; onnxruntime 1.32's quantize_static converts the graph to it (standard ops,
+            # no com.microsoft domain). No 8-bit integer kernel runs those Q/DQ pairs, so
+            # full-range weights are safe (no reduce_range).
             wide = variant == "int16x8"
             with _quiet_opset_notice():
                     q.quantize_static(pre, out, ArrayCalibrationReader(proto.graph.input[0].name, calibration),
                                   quant_format=q.QuantFormat.QDQ, per_channel=True, reduce_range=not wide,
                                   activation_type=q.QuantType.QInt16 if wide else q.QuantType.QInt8,
-                                  weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax,
-                                  extra_options={"UseQDQContribOps": True} if wide else None)
+                                  weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax)
         else:
             q.quantize_dynamic(pre, out, weight_type=q.QuantType.QInt8)
         return onnx.load(out)

@@ -1,4 +1,4 @@
-"""Model clean-up before a calibrated (int8) export; the Keras model itself is never changed.
+"""Model clean-up before a calibrated export (``int8*``, ``int16x8``); the Keras model itself is never changed.
 
 **Constant BatchNorm channels.** A unit that ReLU keeps at 0 on every input (a "dead" unit,
 common after pruning) reaches the next BatchNormalization with moving variance ~0, so that

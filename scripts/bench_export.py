@@ -347,9 +347,11 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 
 def checks(rows: list[dict]) -> dict:
     """The figures the issue asks for, computed from the rows."""
+    from exporters.base import is_calibrated
+
     ok = [r for r in rows if not r["error"] and not r.get("comparison")]
     fp32 = [r for r in ok if r["variant"].startswith("fp32")]
-    int8 = [r for r in ok if r["variant"].startswith(("int8", "dynamic"))]
+    int8 = [r for r in ok if is_calibrated(r["variant"]) or r["variant"].startswith("dynamic")]
     res = {
         "fp32_all_exact": all(r["agreement"] == 1.0 and r["max_abs_diff"] <= 1e-4 for r in fp32),
         "int8_all_within": all(r["agreement"] >= 0.99 and r["accuracy_delta"] >= -0.005 for r in int8),

@@ -275,3 +275,29 @@ def test_decoded_tensors_share_one_block_but_not_values():
         assert out[k].shape == s.weights().shape and np.array_equal(out[k], s.weights())
     out["a"][...] = 7.0                       # writing one tensor leaves the others as decoded
     assert np.array_equal(out["b"], ws["b"].weights()) and np.array_equal(out["c"], ws["c"].weights())
+
+
+def test_zero_blocks_shared_up_to_the_bound_then_one_each(monkeypatch):
+    import types
+
+    recs = [TensorRecord(n, s, deep.METHOD_ID) for n, s in (("a", (4, 5)), ("b", (3, 3)), ("c", (7,)))]
+    shared = deep._zeroed(recs)
+    assert [len(b) for b in shared] == [20, 9, 7] and all(not b.any() for b in shared)
+    assert shared[0].base is shared[1].base is not None               # one block
+    monkeypatch.setattr(deep, "SHARED_BLOCK_ELEMENTS", 30)            # 36 elements in all: over the bound
+    apart = deep._zeroed(recs)
+    assert [len(b) for b in apart] == [20, 9, 7] and all(b.base is None for b in apart)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(deep, "np", types.SimpleNamespace(zeros=no_memory, float32=np.float32))
+    with pytest.raises(ContainerError, match="3 coded tensors declare 36 elements"):
+        deep._zeroed(recs)
+
+
+def test_deflate_stream_of_an_empty_tensor_is_bounded():
+    from edgecomp.codec.deep import deflate_decode, deflate_encode
+
+    assert len(deflate_decode(deflate_encode(np.zeros(0, np.uint8)), max_symbols=0, alphabet=4)) == 0
+    with pytest.raises(ContainerError, match="too long"):            # 0 is not "no limit"
+        deflate_decode(deflate_encode(np.zeros(1000, np.uint8)), max_symbols=0, alphabet=4)

@@ -240,8 +240,10 @@ def test_int16x8_has_int16_activations_and_int8_weights(artifacts, data):
     assert art.parity["top1_agreement"] >= 0.99 and art.parity["max_abs_diff"] < 0.02
 
     proto = onnx.load(str(artifacts["onnx", "int16x8"].path))
+    assert {(o.domain, o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {("", 21)}
+    assert artifacts["onnx", "int16x8"].needs["opset"] == 21
     quantize = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
-    assert quantize
+    assert quantize and all(n.domain in ("", "ai.onnx") for n in quantize)   # standard ops, any runtime
     zero_points = {i.name: i for i in proto.graph.initializer}
     types = {zero_points[n.input[2]].data_type for n in quantize if len(n.input) > 2 and n.input[2] in zero_points}
     assert types == {onnx.TensorProto.INT16}            # every activation quantized to int16

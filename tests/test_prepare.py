@@ -164,8 +164,12 @@ def test_only_relu_outputs_that_feed_just_a_batchnorm_are_equalized():
     model = keras.Model(inputs, linear)
     assert relu_batchnorm_pairs(model) == [] and equalize_relu_batchnorm(model, x) is model
     h = keras.layers.Dense(8, activation="relu", name="fc_relu")(inputs)
-    shared = keras.Model(inputs, [keras.layers.BatchNormalization(name="bn2")(h), h])  # a 2nd consumer
-    assert relu_batchnorm_pairs(shared) == []
+    also_output = keras.Model(inputs, [keras.layers.BatchNormalization(name="bn2")(h), h])
+    assert relu_batchnorm_pairs(also_output) == []                          # h is a model output too
+    g = keras.layers.Dense(8, activation="relu", name="fc_relu2")(inputs)
+    second = keras.Model(inputs, keras.layers.Add()([keras.layers.BatchNormalization(name="bn3")(g), g]))
+    assert relu_batchnorm_pairs(second) == []                               # h feeds an Add as well
+    assert equalize_relu_batchnorm(second, x) is second
 
 
 def test_int8_export_error_shrinks_when_ranges_are_equalized(tmp_path):

@@ -141,10 +141,10 @@ def deflate_decode(data: bytes, *, max_symbols: int, alphabet: int) -> np.ndarra
     """Inverse of :func:`deflate_encode`; output bounded by ``max_symbols``, symbols checked."""
     d = _inflate.decompressobj(-15)
     try:
-        out = d.decompress(data, max_symbols)
+        out = d.decompress(data, max(1, max_symbols))           # 0 would mean "no limit"
     except (zlib.error, _inflate.error) as exc:
         raise ContainerError(f"deflate stream is corrupt: {exc}", fix="re-create the file") from None
-    if not d.eof or d.unconsumed_tail or d.unused_data:
+    if not d.eof or d.unconsumed_tail or d.unused_data or len(out) > max_symbols:
         raise ContainerError("deflate stream is truncated, too long or has trailing bytes", fix="re-create the file")
     sym = np.frombuffer(out, np.uint8)
     if len(sym) and int(sym.max()) >= alphabet:
@@ -338,14 +338,34 @@ def decode_records(records: list[TensorRecord]) -> list[np.ndarray]:
                 _fail(j.rec, f"fixed-width stream: {exc.problem}")
     if not jobs:
         return []
-    # One zeroed block for every tensor: one allocation touches fewer fresh pages (and can
-    # use huge pages) than one per tensor. Each returned array is a view of its own slice.
-    arena = np.zeros(sum(j.rec.size for j in jobs), dtype=np.float32)
-    out, at = [], 0
-    for j, pos in zip(jobs, _positions(jobs)):
-        out.append(_finish(j, pos, arena[at:at + j.rec.size]))
-        at += j.rec.size
-    return out
+    return [_finish(j, pos, block) for j, pos, block in zip(jobs, _positions(jobs), _zeroed([j.rec for j in jobs]))]
+
+
+#: Up to this many elements in all, the tensors share one zeroed block (see :func:`_zeroed`).
+SHARED_BLOCK_ELEMENTS = 1 << 26
+
+
+def _zeroed(records: list[TensorRecord]) -> list[np.ndarray]:
+    """A flat float32 zero array per record.
+
+    Up to :data:`SHARED_BLOCK_ELEMENTS` in all they are slices of one block: one allocation
+    touches fewer fresh pages (and can use huge pages) than one per tensor. The slices never
+    overlap; keeping any one keeps the block alive. Above that, one allocation each, so a
+    file's total size never becomes one huge request. Memory that runs out is a ContainerError.
+    """
+    sizes = [r.size for r in records]
+    try:
+        if sum(sizes) <= SHARED_BLOCK_ELEMENTS:
+            block, out, at = np.zeros(sum(sizes), dtype=np.float32), [], 0
+            for n in sizes:
+                out.append(block[at:at + n])
+                at += n
+            return out
+        return [np.zeros(n, dtype=np.float32) for n in sizes]
+    except MemoryError:
+        raise ContainerError(f"the container's {len(records)} coded tensors declare {sum(sizes):,} elements, "
+                             "more than this machine can hold", fix="decode it on a machine with more memory, "
+                             "or check that the file is the one you meant") from None
 
 
 __all__ = ["encode", "decode_records", "inflater", "gap_symbols", "CODERS", "DEFAULT_BITS", "DEFAULT_INDEX_BITS"]
