@@ -172,7 +172,7 @@ def _quantize(proto, variant: str, calibration):
         # does not depend on. Our models have a dynamic batch dim only, which ONNX's
         # own shape inference (still run) propagates, so it is skipped.
         quant_pre_process(fp32, pre, skip_symbolic_shape=True)
-        if variant in ("int8", "int16x8"):
+        if base.is_calibrated(variant):
             # reduce_range (7-bit weights): onnxruntime 1.32 on x86 CPUs without
             # VNNI (AVX2 only, like the measuring machine) computes QDQ Conv/MatMul
             # with 8-bit integer kernels whose pairwise int16 sums saturate with
@@ -187,7 +187,7 @@ def _quantize(proto, variant: str, calibration):
             # full-range weights are safe (no reduce_range).
             wide = variant == "int16x8"
             with _quiet_opset_notice():
-                    q.quantize_static(pre, out, ArrayCalibrationReader(proto.graph.input[0].name, calibration),
+                q.quantize_static(pre, out, ArrayCalibrationReader(proto.graph.input[0].name, calibration),
                                   quant_format=q.QuantFormat.QDQ, per_channel=True, reduce_range=not wide,
                                   activation_type=q.QuantType.QInt16 if wide else q.QuantType.QInt8,
                                   weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax)

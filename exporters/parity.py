@@ -47,9 +47,10 @@ _INT8 = {"top1_agreement": 0.99, "accuracy_delta": -0.005}
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     name + sparse: dict(limits)
     for name, limits in (("fp32", _FP32), ("fp16", _FP16), ("dynamic", _INT8), ("int8", _INT8),
-                         ("int8-floatio", _INT8), ("int16x8", _INT8))
+                         ("int8-floatio", _INT8))
     for sparse in ("", "-sparse")
 }
+DEFAULT_THRESHOLDS["int16x8"] = dict(_INT8)   # no -sparse form
 
 
 class ParityError(EdgecompError):

@@ -200,6 +200,19 @@ def timed(fn, repeats: int) -> tuple[dict, object]:
     return summary(walls, cpus), result
 
 
+def loop_timed(fn, names: list[str], repeats: int) -> tuple[dict, dict]:
+    """Time ``fn(name)`` over ``names``, ``repeats`` times: (summary of the per-repeat totals,
+    ``{name: result}`` of the last repeat)."""
+    walls, cpus, results = [], [], {}
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for k in names:
+            results[k] = fn(k)
+        cpus.append(time.process_time() - c0)
+        walls.append(time.perf_counter() - t0)
+    return summary(walls, cpus), results
+
+
 def summary(walls, cpus) -> dict:
     return {"wall_median": float(np.median(walls)), "wall_best": float(min(walls)),
             "cpu_median": float(np.median(cpus)), "cpu_best": float(min(cpus)), "repeats": len(walls)}
@@ -278,36 +291,18 @@ def run(args) -> int:
         if loop_params + weights[k].size <= args.loop_params or not loop_names:
             loop_names.append(k)
             loop_params += weights[k].size
-    enc_wall, enc_cpu, dec_wall, dec_cpu, encoded = [], [], [], [], {}
+    repeats = max(1, args.loop_repeats)
+    loop_enc, encoded = loop_timed(lambda k: seed_loop_encode(weights[k]), loop_names, repeats)
+    loop_dec, back = loop_timed(lambda k: seed_loop_decode(*encoded[k], weights[k].shape), loop_names, repeats)
+    lean_dec, lean_back = loop_timed(lambda k: seed_loop_decode(*encoded[k], weights[k].shape, lean=True),
+                                     loop_names, repeats)     # the leaner loop, for reference
     faithful = True
-    for rep in range(max(1, args.loop_repeats)):
-        t_enc = t_dec = c_enc = c_dec = 0.0
-        for k in loop_names:
-            t0, c0 = time.perf_counter(), time.process_time()
-            index, q, scale = encoded[k] = seed_loop_encode(weights[k])
-            c_enc += time.process_time() - c0
-            t_enc += time.perf_counter() - t0
-            t0, c0 = time.perf_counter(), time.process_time()
-            back = seed_loop_decode(index, q, scale, weights[k].shape)
-            c_dec += time.process_time() - c0
-            t_dec += time.perf_counter() - t0
-            if rep == 0:
-                rec = codec.encode_tensor(k, weights[k], "seed")
-                faithful &= (rec.streams[0] == index.tobytes() and rec.streams[1] == q.tobytes()
-                             and np.array_equal(back, codec.decode_tensor(rec)))
-        enc_wall.append(t_enc), enc_cpu.append(c_enc), dec_wall.append(t_dec), dec_cpu.append(c_dec)
-    lean_wall, lean_cpu = [], []                     # the leaner loop, as many times, for reference
-    for rep in range(max(1, args.loop_repeats)):
-        t_dec = c_dec = 0.0
-        for k in loop_names:
-            t0, c0 = time.perf_counter(), time.process_time()
-            back = seed_loop_decode(*encoded[k], weights[k].shape, lean=True)
-            c_dec += time.process_time() - c0
-            t_dec += time.perf_counter() - t0
-            if rep == 0:
-                faithful &= np.array_equal(back, codec.decode_tensor(codec.encode_tensor(k, weights[k], "seed")))
-        lean_wall.append(t_dec), lean_cpu.append(c_dec)
-    loop_enc, loop_dec, lean_dec = summary(enc_wall, enc_cpu), summary(dec_wall, dec_cpu), summary(lean_wall, lean_cpu)
+    for k in loop_names:                             # both loops against our seed method, byte for byte
+        rec = codec.encode_tensor(k, weights[k], "seed")
+        index, q, _ = encoded[k]
+        faithful &= (rec.streams[0] == index.tobytes() and rec.streams[1] == q.tobytes()
+                     and np.array_equal(back[k], codec.decode_tensor(rec))
+                     and np.array_equal(lean_back[k], codec.decode_tensor(rec)))
     loop = {"encode_s": loop_enc, "decode_s": loop_dec,
             "encode_params_per_s": rates(loop_params, loop_enc), "decode_params_per_s": rates(loop_params, loop_dec),
             "lean_decode_s": lean_dec, "lean_decode_params_per_s": rates(loop_params, lean_dec),

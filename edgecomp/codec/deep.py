@@ -17,8 +17,8 @@ Both symbol streams are entropy-coded with the record's coder: ``huffman`` (cano
 Huffman, :mod:`edgecomp.codec.huffman`, decoded by vectorised numpy), ``deflate``
 (canonical Huffman as RFC 1951 defines it: a raw deflate stream written with zlib's
 Huffman-only strategy, so no LZ77 matches; inflated by ISA-L, the ``isal`` package, where it
-is installed, else by the standard library's zlib, which every device has) or ``fixed`` (plain fixed-width fields of ``index_bits`` and ``bits`` bits,
-the paper's uncoded baseline). The record's params are
+is installed, else by the standard library's zlib, which every device has) or ``fixed``
+(plain fixed-width fields of ``index_bits`` and ``bits`` bits, the paper's uncoded baseline). The record's params are
 ``(bits, index_bits, coder id)``. Decoding reproduces the weight-shared input exactly.
 
     >>> w = np.array([[0, 0.5], [-0.25, 0], [0, 0.5]], np.float32)
@@ -354,16 +354,17 @@ def _zeroed(records: list[TensorRecord]) -> list[np.ndarray]:
     file's total size never becomes one huge request. Memory that runs out is a ContainerError.
     """
     sizes = [r.size for r in records]
+    total = sum(sizes)
     try:
-        if sum(sizes) <= SHARED_BLOCK_ELEMENTS:
-            block, out, at = np.zeros(sum(sizes), dtype=np.float32), [], 0
-            for n in sizes:
-                out.append(block[at:at + n])
-                at += n
-            return out
-        return [np.zeros(n, dtype=np.float32) for n in sizes]
+        if total > SHARED_BLOCK_ELEMENTS:
+            return [np.zeros(n, dtype=np.float32) for n in sizes]
+        block, out, at = np.zeros(total, dtype=np.float32), [], 0
+        for n in sizes:
+            out.append(block[at:at + n])
+            at += n
+        return out
     except MemoryError:
-        raise ContainerError(f"the container's {len(records)} coded tensors declare {sum(sizes):,} elements, "
+        raise ContainerError(f"the container's {len(records)} coded tensors declare {total:,} elements, "
                              "more than this machine can hold", fix="decode it on a machine with more memory, "
                              "or check that the file is the one you meant") from None
 
