@@ -6,7 +6,7 @@ drop, together with the choices already made, still fits the budget. The plan is
 trained centroids), checked on held-out data (never the test set), and backed off where the
 budget is broken: the layers that lost most get one notch less, and the search tries again.
 
-    >>> result, log = compress_within_budget(model, ds, max_accuracy_drop=1.0)
+    >>> result, log = compress_within_budget(model, ds, recipe, max_accuracy_drop=1.0)
 """
 
 from __future__ import annotations
@@ -127,23 +127,56 @@ def back_off(p: dict, table: dict, drops: dict | None = None) -> dict:
     return new
 
 
-def compress_within_budget(model, data, *, max_accuracy_drop: float | None = 1.0,
-                           target_ratio: float | None = None, val_size: int = 2000,
-                           attempts: int = 3, schedule: str = "iterative:2", fine_tune_epochs: int = 1,
-                           centroid_epochs: int = 1, batch_size: int = 64, seed: int = 0, verbose: int = 1,
-                           sensitivity: dict | None = None, slack: float = 2.0):
+def planned_recipe(recipe, p: dict):
+    """``recipe`` with a plan's per-layer rates and bits as exact-path rules, after the recipe's
+    own rules (which stay pinned: the first matching rule wins)."""
+    pruning = recipe.pruning.replace(layer_rates=recipe.pruning.layer_rates + tuple(p["rates"].items()))
+    if recipe.sharing is None:  # the seed's method stores int8 values: only the rates apply
+        return recipe.replace(pruning=pruning)
+    sharing = recipe.sharing.replace(bits=recipe.sharing.bits + tuple(p["bits"].items()))
+    return recipe.replace(pruning=pruning, sharing=sharing)
+
+
+#: The search's recipe when none is given: deep, two pruning steps, every layer planned.
+DEFAULT_OPTIONS = {"method": "deep", "schedule": "iterative:2", "skip_first": False}
+
+
+def compress_within_budget(model, data, recipe=None, *, max_accuracy_drop: float | None = 1.0,
+                           target_ratio: float | None = None, val_size: int = 2000, attempts: int = 3,
+                           verbose: int = 1, sensitivity: dict | None = None, slack: float = 2.0, **options):
     """Search per-layer rates and bits for the smallest container within the budget.
 
-    The last ``val_size`` training samples are held out for the sensitivity curves and the
-    budget checks; the rest fine-tune. The model should not have been trained on the held-out
-    samples: on them its accuracy is training accuracy, which fine-tuning on the rest forgets,
-    so every plan would look worse than it is. Returns ``(CompressedModel, log)`` where ``log`` says,
-    per attempt, the plan, the held-out accuracy and whether it kept the budget.
-    """
+    Args:
+        model: the trained Keras model (restored to its weights before each attempt).
+        data: a Dataset or ``(x, y)``; the last ``val_size`` training samples are held out for the
+            sensitivity curves and the budget checks, the rest fine-tune. The model should not have
+            been trained on them: there its accuracy is training accuracy, which fine-tuning on the
+            rest forgets, so every plan would look worse than it is.
+        recipe: the :class:`~edgecomp.recipe.Recipe` every attempt runs (its schedule, fine-tuning,
+            coding, seed, ...); the search adds per-layer rate and bits rules after its own.
+            None: :data:`DEFAULT_OPTIONS` (with ``**options`` over them).
+        max_accuracy_drop: points of held-out accuracy the result may lose.
+        target_ratio: aim at this size ratio against fp32 instead.
 
+    Returns:
+        ``(CompressedModel, log)``: the result's ``recipe`` is the recipe found, its ``search`` the
+        budget and the log (per attempt: the plan, held-out accuracy, bytes, within the budget or not).
+
+    Example:
+        >>> result, log = compress_within_budget(model, ds, Recipe.from_options(method="deep"),
+        ...                                      max_accuracy_drop=1.0)
+        >>> result.recipe.pruning.layer_rates          # the plan, as rules
+    """
     from edgecomp.pipeline import compress
+    from edgecomp.recipe import Recipe
     from edgecomp.sensitivity import analyze
 
+    if isinstance(recipe, dict):
+        recipe = Recipe.from_config(recipe)
+    if recipe is None:
+        recipe = Recipe.from_options(**{**DEFAULT_OPTIONS, **options})
+    elif options:
+        recipe = Recipe.from_options(recipe, **options)
     if max_accuracy_drop is None and target_ratio is None:
         raise EdgecompError("the budget search needs --max-accuracy-drop or --target-ratio", fix="pass one")
     if max_accuracy_drop is not None and max_accuracy_drop <= 0:
@@ -166,11 +199,7 @@ def compress_within_budget(model, data, *, max_accuracy_drop: float | None = 1.0
     log, best = [], None
     for attempt in range(1, attempts + 1):
         model.set_weights(original)
-        # every layer gets its own rate and bits through exact-name patterns
-        result = compress(model, (x_fit, y_fit), rate=0.0, method="deep", criterion="filter",
-                          layer_rates={n: r for n, r in p["rates"].items()}, bits={n: b for n, b in p["bits"].items()},
-                          schedule=schedule, fine_tune_epochs=fine_tune_epochs, centroid_epochs=centroid_epochs,
-                          skip_first=False, batch_size=batch_size, seed=seed, verbose=verbose)
+        result = compress(model, (x_fit, y_fit), planned_recipe(recipe, p), verbose=verbose)
         val = train.evaluate(result.decode(), x_val, y_val)
         drop = 100 * (base_val - val)
         kept = drop <= max_accuracy_drop
@@ -186,6 +215,6 @@ def compress_within_budget(model, data, *, max_accuracy_drop: float | None = 1.0
     if best is None:
         raise EdgecompError(f"no plan kept the accuracy drop within {max_accuracy_drop} points in {attempts} attempts",
                             fix="allow a larger --max-accuracy-drop, more --fine-tune-epochs, or more attempts")
-    best.settings["budget"] = {"max_accuracy_drop": max_accuracy_drop, "baseline_val_accuracy": base_val,
-                               "attempts": log, "sensitivity": table}
+    best.search = {"max_accuracy_drop": max_accuracy_drop, "baseline_val_accuracy": base_val,
+                   "attempts": log, "sensitivity": table}
     return best, log

@@ -65,15 +65,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_compression(p):
-    g = p.add_argument_group("compression")
+    g = p.add_argument_group("compression (each flag is one setting of the recipe: edgecomp.recipe)")
     g.add_argument("--method", choices=("seed", "deep"), default="seed",
                    help="seed: int8 values + uint8 relative index; deep: k-means weight sharing with trained "
                         "centroids + entropy-coded indices (default: seed)")
     g.add_argument("--compress-rate", "--rate", dest="rate", type=_rate, default=0.8,
                    help="fraction of weights to prune, in [0, 1) (default: 0.8)")
-    g.add_argument("--criterion", choices=("filter", "layer", "global"), default="filter",
-                   help="magnitude criterion: per output filter (seed), per layer, or global (default: filter)")
-    g.add_argument("--layer-rates", default=None, help="per-layer rates by name or glob, e.g. fc1=0.95,block1_*=0.5")
+    g.add_argument("--criterion", default="filter",
+                   help="magnitude criterion: per output filter (seed), per layer, global, or block[:RxC] "
+                        "(whole 16x1 blocks, LiteRT's sparse int8 FULLY_CONNECTED) (default: filter)")
+    g.add_argument("--layer-rates", default=None,
+                   help="per-layer rates, e.g. fc1=0.95,block1_*=0.5 (a glob matches a layer name or weight path)")
     g.add_argument("--prune-schedule", default="oneshot",
                    help="oneshot, iterative[:STEPS] (fine-tune after each step) or gradual[:UPDATES] (default: oneshot)")
     g.add_argument("--fine-tune-epochs", type=_positive, default=1,
@@ -81,22 +83,35 @@ def _add_compression(p):
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="learning rate of each fine-tuning run: constant, or cosine decay to 0 (default: constant)")
     g.add_argument("--prune-first", action="store_true", help="prune the first conv/dense layer too")
-    g.add_argument("--bits", default="conv=8,dense=5", help="deep: centroid bits per layer kind or glob (default: conv=8,dense=5)")
-    g.add_argument("--init", choices=("linear", "density", "random"), default="linear",
+    g.add_argument("--bits", default=None,
+                   help="deep: centroid bits per layer kind or glob, e.g. conv=8,dense=5,fc1=3 (default: conv=8,dense=5)")
+    g.add_argument("--init", choices=("linear", "density", "random"), default=None,
                    help="deep: k-means initialisation (default: linear)")
-    g.add_argument("--centroid-epochs", type=_positive, default=1, help="deep: centroid fine-tuning epochs (default: 1)")
+    g.add_argument("--centroid-epochs", type=_positive, default=None, help="deep: centroid fine-tuning epochs (default: 1)")
     g.add_argument("--index-bits", type=int, default=None, help="deep: bits per relative index gap (default: codec's)")
-    g.add_argument("--coder", choices=("auto", "huffman", "deflate", "fixed"), default="auto",
+    g.add_argument("--coder", choices=("auto", "huffman", "deflate", "fixed"), default=None,
                    help="deep: entropy coder for indices and gaps; auto takes the smallest per tensor (default: auto)")
+    g.add_argument("--batch-size", type=_positive, default=64, help="batch size of every training run (default: 64)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every stage (default: 0)")
 
 
-def _compression_options(args) -> dict:
-    from edgecomp.pruning import parse_rates
-    return dict(method=args.method, rate=args.rate, criterion=args.criterion,
-                layer_rates=parse_rates(args.layer_rates), schedule=args.prune_schedule,
-                fine_tune_epochs=args.fine_tune_epochs, lr_schedule=args.lr_schedule,
-                skip_first=not args.prune_first, bits=args.bits,
-                init=args.init, centroid_epochs=args.centroid_epochs, index_bits=args.index_bits, coder=args.coder)
+def recipe_from_args(args):
+    """The recipe the compression flags describe: every flag is parsed here, once."""
+    from edgecomp.errors import EdgecompError
+    from edgecomp.recipe import Recipe
+
+    deep = {"bits": args.bits, "init": args.init, "centroid_epochs": args.centroid_epochs,
+            "index_bits": args.index_bits, "coder": args.coder}
+    given = [k for k, v in deep.items() if v is not None]
+    if args.method != "deep" and given:
+        flag = "--" + given[0].replace("_", "-")
+        raise EdgecompError(f"{flag} sets weight sharing or entropy coding, which only --method deep does",
+                            fix=f"add --method deep, or drop {flag}")
+    return Recipe.from_options(
+        method=args.method, rate=args.rate, criterion=args.criterion, layer_rates=args.layer_rates,
+        schedule=args.prune_schedule, fine_tune_epochs=args.fine_tune_epochs, lr_schedule=args.lr_schedule,
+        skip_first=not args.prune_first, batch_size=args.batch_size, seed=args.seed,
+        **({k: v for k, v in deep.items() if v is not None}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,10 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compression(p)
     p.add_argument("--epochs", type=_positive, default=2, help="baseline training epochs (default: 2)")
     p.add_argument("--train-size", type=_size, default=30000, help="training samples to use (default: 30000; 'all')")
-    p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--latency-runs", type=_positive, default=200, help="timed runs per artifact (default: 200)")
     p.add_argument("--threads", type=_positive, default=1, help="runtime threads for latency (default: 1)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", default="runs/latest", help="output folder (default: runs/latest)")
     p.add_argument("--resume", action="store_true",
                    help="continue after the last finished stage in --out (same flags as the first run)")
@@ -124,7 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     _add_compression(p)
     p.add_argument("--train-size", type=_size, default=None)
-    p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--trust-model", action="store_true", help="allow a model that runs code on load (Lambda)")
     p.add_argument("-o", "--out", required=True, help="container to write (.ecz)")
     p.add_argument("--report", default=None, help="also write the per-layer report as JSON here")
@@ -202,9 +214,8 @@ def _data(args):
 
 def cmd_run(args):
     from edgecomp.run import RunConfig, run_job
-    options = _compression_options(args)
     run_job(RunConfig(model=args.model, model_options={"width": args.width} if args.width != 1.0 else {},
-                      data=args.data, data_dir=args.data_dir, rate=options.pop("rate"), compression=options,
+                      data=args.data, data_dir=args.data_dir, recipe=recipe_from_args(args),
                       epochs=args.epochs, train_size=args.train_size,
                       test_size=args.test_size, batch_size=args.batch_size, latency_runs=args.latency_runs,
                       threads=args.threads, out=args.out, seed=args.seed,
@@ -226,13 +237,10 @@ def cmd_compress(args):
               "(register its kind with edgecomp.pruning.register_prunable)", file=sys.stderr)
     if args.max_accuracy_drop is not None or args.target_ratio is not None:
         from edgecomp.budget import compress_within_budget
-        opts = _compression_options(args)
-        result, _ = compress_within_budget(model, ds, max_accuracy_drop=args.max_accuracy_drop,
-                                           target_ratio=args.target_ratio, val_size=args.val_size,
-                                           schedule=opts["schedule"], fine_tune_epochs=opts["fine_tune_epochs"],
-                                           centroid_epochs=opts["centroid_epochs"], batch_size=args.batch_size)
+        result, _ = compress_within_budget(model, ds, recipe_from_args(args), max_accuracy_drop=args.max_accuracy_drop,
+                                           target_ratio=args.target_ratio, val_size=args.val_size)
     else:
-        result = compress(model, ds, batch_size=args.batch_size, **_compression_options(args))
+        result = compress(model, ds, recipe_from_args(args))
     result.save(args.out)
     if args.report:
         io.write_json(args.report, {"settings": result.settings, "bytes": result.bytes, "layers": result.report})

@@ -3,6 +3,7 @@
     >>> result = compress(model, dataset, rate=0.8)                    # the seed's method
     >>> result = compress(model, dataset, rate=0.9, method="deep",     # Deep Compression
     ...                   schedule="iterative:3", bits="conv=8,dense=5")
+    >>> result = compress(model, dataset, Recipe.from_options(method="deep"))   # a recipe object
     >>> result.save("vgg.ecz")
     >>> small = result.decode()           # the Keras model the container restores
 
@@ -20,8 +21,8 @@ import numpy as np
 from edgecomp import codec, pruning, store, train
 from edgecomp.errors import EdgecompError
 from edgecomp.io import write_bytes
-
-METHODS = ("seed", "deep")
+from edgecomp.pruning_config import Gradual, Iterative
+from edgecomp.recipe import Recipe
 #: What each coding method's streams hold, for the per-stream report.
 STREAM_NAMES = {"raw": ("values",), "seed": ("gaps", "values"), "deep": ("codebook", "gaps", "indices")}
 BITS = {"raw": 32, "seed": 8}
@@ -37,6 +38,9 @@ class CompressedModel:
     report: list[dict]
     settings: dict
     history: list[dict] = dataclasses.field(default_factory=list)
+    recipe: Recipe | None = None
+    #: What a search (the budgeted one) found on the way, for the report; not part of the recipe.
+    search: dict | None = None
 
     @property
     def params(self) -> int:
@@ -85,28 +89,46 @@ def _report(model, container: bytes, masks) -> list[dict]:
     return rows
 
 
-def _prune_and_fine_tune(model, x, y, *, rate, criterion, layer_rates, schedule, fine_tune_epochs,
-                         batch_size, skip_first, seed, verbose, history, checkpoints, lr_schedule="constant"):
-    kind, steps = pruning.parse_schedule(schedule)
-    opts = dict(criterion=criterion, rates=layer_rates, skip_first=skip_first)
-    fit = x is not None and fine_tune_epochs > 0
+def _check_rules(model, recipe: Recipe) -> None:
+    """Every per-layer rule must match a prunable layer (a typo would otherwise do nothing)."""
+    from edgecomp.match import layer_name, unmatched
+
+    paths = [v.path for v in pruning.prunable_kernels(model, skip_first=False)]
+    bits = [(p, b) for p, b in (recipe.sharing.bits if recipe.sharing else ()) if p not in ("conv", "dense")]
+    for flag, found in (("--layer-rates", recipe.pruning.layer_rates), ("per-layer criteria", recipe.pruning.layer_criteria),
+                        ("--bits", bits)):
+        bad = unmatched(found, paths)
+        if bad:
+            names = ", ".join(dict.fromkeys(layer_name(p) for p in paths))
+            raise EdgecompError(f"{flag} rule '{bad[0]}' matches no prunable layer (a glob matches a layer name "
+                                "or weight path)", fix=f"use one of: {names[:300]}")
+
+
+def _prune_and_fine_tune(model, x, y, recipe: Recipe, *, verbose, history, checkpoints):
+    """The pruning stage: masks by the recipe's criterion and rules, on its schedule, each step
+    fine-tuned with the masks held. Checkpoint keys: ``prune-1`` .. ``prune-N`` (``pruned`` for gradual)."""
+    cfg, ft, seed = recipe.pruning, recipe.fine_tune, recipe.seed
+    opts = dict(criterion=cfg.criterion, rates=cfg.layer_rates, criteria=cfg.layer_criteria, skip_first=cfg.skip_first)
+    fit_opts = dict(epochs=ft.epochs, batch_size=ft.batch_size, learning_rate=ft.learning_rate,
+                    lr_schedule=ft.lr_schedule, verbose=verbose)
+    fit = x is not None and ft.epochs > 0
     if checkpoints is not None and checkpoints.done("pruned"):
         history.extend(checkpoints.info("pruned")["history"])
         return {k: v.astype(bool) for k, v in checkpoints.load("pruned", model).items()}
-    if kind == "gradual" and fit:
+    if isinstance(cfg.schedule, Gradual) and fit:
         masks = {k: np.ones(v.shape, bool) for k, v in
-                 ((k.path, k) for k in pruning.prunable_kernels(model, skip_first=skip_first))}
-        total = fine_tune_epochs * int(np.ceil(len(x) / batch_size))
+                 ((k.path, k) for k in pruning.prunable_kernels(model, skip_first=cfg.skip_first))}
+        total = ft.epochs * int(np.ceil(len(x) / ft.batch_size))
         with pruning.hold_masks(model, masks) as constraints:
-            cb = pruning.gradual_pruning_callback(model, constraints, rate, total, steps, **opts)
-            h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed + 1,
-                          verbose=verbose, callbacks=[cb], lr_schedule=lr_schedule)
-            history.append({"stage": "gradual", "rate": rate, **{k: v[-1] for k, v in h.items()}})
-        masks = pruning.compute_masks(model, rate, **opts)
+            cb = pruning.gradual_pruning_callback(model, constraints, cfg.rate, total, cfg.schedule.updates, **opts)
+            h = train.fit(model, x, y, seed=seed + 1, callbacks=[cb], **fit_opts)
+            history.append({"stage": "gradual", "rate": cfg.rate, **{k: v[-1] for k, v in h.items()}})
+        masks = pruning.compute_masks(model, cfg.rate, **opts)
         if checkpoints is not None:
             checkpoints.save("pruned", model, masks, info={"history": history})
         return masks
-    rates = [rate * (i + 1) / steps for i in range(steps)] if kind == "iterative" else [rate]
+    iterative = isinstance(cfg.schedule, Iterative)
+    rates = cfg.schedule.step_rates(cfg.rate) if iterative else [cfg.rate]
     masks = {}
     # Resume: the last finished step's checkpoint holds everything the earlier ones did.
     done = [i for i in range(1, len(rates) + 1) if checkpoints is not None and checkpoints.done(f"prune-{i}")]
@@ -118,90 +140,88 @@ def _prune_and_fine_tune(model, x, y, *, rate, criterion, layer_rates, schedule,
         stage = f"prune-{i}"
         if i <= last:
             continue
-        step_rates = {k: v * i / len(rates) for k, v in (layer_rates or {}).items()} if kind == "iterative" else layer_rates
-        masks = pruning.prune(model, r, **{**opts, "rates": step_rates})
+        step_rules = tuple((k, v * i / len(rates)) for k, v in cfg.layer_rates) if iterative else cfg.layer_rates
+        masks = pruning.prune(model, r, **{**opts, "rates": step_rules})
         if fit:
             with pruning.hold_masks(model, masks):
-                h = train.fit(model, x, y, epochs=fine_tune_epochs, batch_size=batch_size, seed=seed + i,
-                              verbose=verbose, lr_schedule=lr_schedule)
+                h = train.fit(model, x, y, seed=seed + i, **fit_opts)
             history.append({"stage": stage, "rate": r, **{k: v[-1] for k, v in h.items()}})
         if checkpoints is not None:
             checkpoints.save(stage, model, masks, info=history[-1] if fit else {"stage": stage, "rate": r})
     return masks
 
 
-def compress(model, data=None, *, rate: float = 0.8, method: str = "seed", criterion: str = "filter",
-             layer_rates: dict[str, float] | None = None, schedule: str = "oneshot",
-             fine_tune_epochs: int = 1, bits="conv=8,dense=5", init: str = "linear",
-             centroid_epochs: int = 1, index_bits: int | None = None, coder: str = "auto",
-             batch_size: int = 64, lr_schedule: str = "constant", skip_first: bool = True, seed: int = 0,
-             verbose: int = 1, info: dict | None = None, checkpoints=None) -> CompressedModel:
-    """Compress ``model`` in place and return a :class:`CompressedModel`.
+def _share_and_fine_tune(model, x, y, recipe: Recipe, *, verbose, history, checkpoints) -> dict:
+    """The sharing stage: k-means per kernel, then centroid fine-tuning. Checkpoint key: ``centroids``."""
+    from edgecomp import weight_sharing
 
-    ``data`` is a :class:`~edgecomp.data.Dataset` or an ``(x, y)`` pair for fine-tuning; with
-    ``data=None`` or zero epochs the model is pruned (and shared) only.
+    cfg, seed = recipe.sharing, recipe.seed
+    if checkpoints is not None and checkpoints.done("centroids"):
+        arrays = checkpoints.load("centroids", model)
+        history.append(checkpoints.info("centroids")["history"])
+        return {p: weight_sharing.SharedTensor(arrays[p + "|codebook"], arrays[p + "|assignment"], b)
+                for p, b in checkpoints.info("centroids")["bits"].items()}
+    shared = weight_sharing.share_weights(model, bits=cfg.bits_map, init=cfg.init, seed=seed)
+    entry = {"stage": "centroids", "epochs": 0}
+    if x is not None and cfg.epochs > 0:
+        losses = weight_sharing.fine_tune_centroids(model, shared, x, y, epochs=cfg.epochs,
+                                                    batch_size=recipe.fine_tune.batch_size,
+                                                    learning_rate=cfg.learning_rate, seed=seed + 100,
+                                                    verbose=verbose)
+        entry = {"stage": "centroids", "epochs": cfg.epochs, "loss": losses[-1]}
+    history.append(entry)
+    if checkpoints is not None:
+        arrays = {}
+        for p, st in shared.items():
+            arrays[p + "|codebook"], arrays[p + "|assignment"] = st.codebook, st.assignment
+        checkpoints.save("centroids", model, arrays,
+                         info={"bits": {p: st.bits for p, st in shared.items()}, "history": entry})
+    return shared
 
-    Pruning: ``criterion`` (``filter``/``layer``/``global``), ``layer_rates`` (glob -> rate),
-    ``schedule`` (``oneshot``, ``iterative[:steps]`` with ``fine_tune_epochs`` per step, or
-    ``gradual[:updates]`` over ``fine_tune_epochs``), ``skip_first`` (first layer dense),
-    ``lr_schedule`` of each fine-tuning run (``constant`` or ``cosine``, see :func:`edgecomp.train.fit`).
-    Deep: ``bits`` per layer kind or glob (``"conv=8,dense=5"``), k-means ``init``,
-    ``centroid_epochs`` of centroid fine-tuning, ``index_bits`` for the relative index
-    (None: the codec's default), and the entropy ``coder``.
 
-    ``checkpoints`` (an :class:`edgecomp.checkpoint.Checkpoints`) saves each finished stage
-    (every pruning step, the trained centroids) and skips the stages it already holds.
+def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: int = 1, info: dict | None = None,
+             checkpoints=None, **options) -> CompressedModel:
+    """Compress ``model`` by ``recipe`` and return a :class:`CompressedModel`.
+
+    Args:
+        model: a Keras 3 model with Conv/Dense layers; pruned and shared in place (the structured
+            stage, when the recipe has one, builds a smaller model instead: ``result.model``).
+        data: a :class:`~edgecomp.data.Dataset` or an ``(x, y)`` pair for fine-tuning; with
+            ``None`` or zero epochs the model is pruned (and shared) only.
+        recipe: a :class:`~edgecomp.recipe.Recipe` (or its ``get_config()`` dict); None: the defaults.
+        verbose: Keras progress output.
+        info: extra entries for the container's metadata (e.g. the model and data names).
+        checkpoints: an :class:`edgecomp.checkpoint.Checkpoints`; each finished stage is saved under
+            its name and skipped when already there.
+        **options: flat options over the recipe, parsed once (:meth:`Recipe.from_options`):
+            ``rate``, ``method``, ``criterion``, ``layer_rates``, ``schedule``, ``bits``, ...
+
+    Example:
+        >>> result = compress(model, ds, rate=0.8)                               # the seed's method
+        >>> result = compress(model, ds, Recipe.from_options(method="deep", rate=0.9))
+        >>> result.settings == result.recipe.get_config()
+        True
     """
-    rate = pruning.check_rate(rate)
-    if method not in METHODS:
-        raise EdgecompError(f"unknown compression method '{method}'", fix=f"use one of: {', '.join(METHODS)}")
-    for name, value in (("fine-tune epochs", fine_tune_epochs), ("centroid epochs", centroid_epochs)):
-        if value < 0:
-            raise EdgecompError(f"{name} must be >= 0, got {value}", fix="pass 0 or more")
-    if lr_schedule not in train.LR_SCHEDULES:
-        raise EdgecompError(f"unknown learning-rate schedule '{lr_schedule}'",
-                            fix=f"use one of: {', '.join(train.LR_SCHEDULES)}")
-    if not pruning.prunable_kernels(model, skip_first=skip_first):
-        raise EdgecompError("the model has no prunable Conv/Dense kernels",
-                            fix="compress a model with Conv or Dense layers")
+    if isinstance(recipe, dict):
+        recipe = Recipe.from_config(recipe)
+    if options or recipe is None:
+        recipe = Recipe.from_options(recipe, **options)
     x, y = _xy(data)
     history: list[dict] = []
-    masks = _prune_and_fine_tune(model, x, y, rate=rate, criterion=criterion, layer_rates=layer_rates,
-                                 schedule=schedule, fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
-                                 skip_first=skip_first, seed=seed, verbose=verbose, history=history,
-                                 checkpoints=checkpoints, lr_schedule=lr_schedule)
-    settings = {"method": method, "rate": rate, "criterion": criterion, "schedule": schedule,
-                "layer_rates": layer_rates or {}, "fine_tune_epochs": fine_tune_epochs,
-                **({"lr_schedule": lr_schedule} if lr_schedule != "constant" else {}),
-                "skip_first": skip_first, "seed": seed}
-    if method == "seed":
+    if recipe.structured is not None:
+        from edgecomp.structured_stage import run_structured
+        model = run_structured(model, x, y, recipe, verbose=verbose, history=history, checkpoints=checkpoints)
+    if not pruning.prunable_kernels(model, skip_first=recipe.pruning.skip_first):
+        raise EdgecompError("the model has no prunable Conv/Dense kernels",
+                            fix="compress a model with Conv or Dense layers")
+    _check_rules(model, recipe)
+    masks = _prune_and_fine_tune(model, x, y, recipe, verbose=verbose, history=history, checkpoints=checkpoints)
+    if recipe.sharing is None:
         specs = {name: "seed" for name in masks}
     else:
-        from edgecomp import weight_sharing
-        bits_map = weight_sharing.parse_bits(bits)
-        if checkpoints is not None and checkpoints.done("centroids"):
-            arrays = checkpoints.load("centroids", model)
-            shared = {p: weight_sharing.SharedTensor(arrays[p + "|codebook"], arrays[p + "|assignment"], b)
-                      for p, b in checkpoints.info("centroids")["bits"].items()}
-            history.append(checkpoints.info("centroids")["history"])
-        else:
-            shared = weight_sharing.share_weights(model, bits=bits_map, init=init, seed=seed)
-            entry = {"stage": "centroids", "epochs": 0}
-            if x is not None and centroid_epochs > 0:
-                losses = weight_sharing.fine_tune_centroids(model, shared, x, y, epochs=centroid_epochs,
-                                                            batch_size=batch_size, seed=seed + 100,
-                                                            verbose=verbose)
-                entry = {"stage": "centroids", "epochs": centroid_epochs, "loss": losses[-1]}
-            history.append(entry)
-            if checkpoints is not None:
-                arrays = {}
-                for p, st in shared.items():
-                    arrays[p + "|codebook"], arrays[p + "|assignment"] = st.codebook, st.assignment
-                checkpoints.save("centroids", model, arrays,
-                                 info={"bits": {p: st.bits for p, st in shared.items()}, "history": entry})
-        specs = {name: codec.deep_spec(st, index_bits=index_bits, coder=coder) for name, st in shared.items()}
-        settings.update({"bits": bits_map, "init": init, "centroid_epochs": centroid_epochs,
-                         "index_bits": index_bits, "coder": coder})
-    settings.update(info or {})
-    container = store.encode_model(model, specs, info=settings)
-    return CompressedModel(model, masks, container, _report(model, container, masks), settings, history)
+        shared = _share_and_fine_tune(model, x, y, recipe, verbose=verbose, history=history, checkpoints=checkpoints)
+        specs = {name: codec.deep_spec(st, index_bits=recipe.coding.index_bits, coder=recipe.coding.coder)
+                 for name, st in shared.items()}
+    settings = recipe.get_config()
+    container = store.encode_model(model, specs, info={"recipe": settings, **(info or {})})
+    return CompressedModel(model, masks, container, _report(model, container, masks), settings, history, recipe)

@@ -16,7 +16,6 @@ momentum included) can move a pruned weight off zero.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 
 import numpy as np
 
@@ -125,9 +124,6 @@ def filter_mask(kernel: np.ndarray, rate: float, axes: tuple[int, ...] = (-1,)) 
     return np.transpose(keep.reshape(moved.shape), np.argsort(rest + axes))
 
 
-CRITERIA = ("filter", "layer", "global")
-
-
 def layer_mask(kernel: np.ndarray, rate: float) -> np.ndarray:
     """Keep-mask that zeroes the ``floor(n * rate)`` smallest |w| of the whole tensor."""
     rate = check_rate(rate)
@@ -139,12 +135,12 @@ def layer_mask(kernel: np.ndarray, rate: float) -> np.ndarray:
     return keep.reshape(np.shape(kernel))
 
 
-def rate_for(path: str, rate: float, rates: dict[str, float] | None) -> float:
-    """The rate for weight ``path``: the first matching glob in ``rates`` (``"fc1/*"``), else ``rate``."""
-    for pattern, r in (rates or {}).items():
-        if fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path.split("/")[0], pattern):
-            return check_rate(r)
-    return rate
+def rate_for(path: str, rate: float, rates) -> float:
+    """The rate for weight ``path``: the first rule in ``rates`` that matches its layer name or path
+    (:mod:`edgecomp.match`), else ``rate``."""
+    from edgecomp.match import first_match
+    found = first_match(rates, path)
+    return rate if found is None else check_rate(found)
 
 
 def parse_rates(spec: str | None) -> dict[str, float]:
@@ -156,25 +152,30 @@ def parse_rates(spec: str | None) -> dict[str, float]:
             rate = float(val) if sep else float("nan")
         except ValueError:
             rate = float("nan")
-        if not 0.0 <= rate < 1.0:
+        if not 0.0 <= rate < 1.0 or not key.strip():
             raise EdgecompError(f"bad per-layer rate {part!r}: each rate must be in [0, 1)",
                                 fix="write e.g. --layer-rates fc1=0.95,block1_*=0.5")
         out[key.strip()] = rate
     return out
 
 
-def compute_masks(model, rate: float = 0.8, *, criterion: str = "filter", rates: dict[str, float] | None = None,
+def compute_masks(model, rate: float = 0.8, *, criterion="filter", rates=None, criteria=None,
                   skip_first: bool = True) -> dict[str, np.ndarray]:
     """Keep-masks for every prunable kernel from the current weights (nothing is changed).
 
-    ``criterion``: ``filter`` (the seed's: per output filter), ``layer`` (per tensor) or
-    ``global`` (one magnitude threshold over all pruned kernels, so layers end up with
-    different sparsities). ``rates`` overrides the rate per weight path or layer-name glob
-    (for ``global``, matching layers are pruned per layer at their own rate).
+    ``criterion``: a criterion object or its name (:mod:`edgecomp.pruning_config`): ``filter``
+    (the seed's: per output filter), ``layer`` (per tensor), ``global`` (one magnitude threshold
+    over all pruned kernels, so layers end up with different sparsities) or ``block:RxC``.
+    ``rates`` overrides the rate per layer name or weight path glob (:mod:`edgecomp.match`;
+    for ``global``, matching layers are pruned per layer at their own rate), ``criteria`` the
+    criterion (e.g. ``{"fc*": "block:16x1"}``: LiteRT's sparse int8 blocks for the Dense layers).
     """
+    from edgecomp.match import first_match
+    from edgecomp.pruning_config import criterion_from
+
     rate = check_rate(rate)
-    if criterion not in CRITERIA:
-        raise EdgecompError(f"unknown pruning criterion '{criterion}'", fix=f"use one of: {', '.join(CRITERIA)}")
+    criterion = criterion_from(criterion)
+    criteria = [(p, criterion_from(c)) for p, c in (criteria.items() if isinstance(criteria, dict) else criteria or ())]
     found = prunable_weights(model, skip_first=skip_first)
     axes_of = {var.path: axes for var, axes in found}
     weights = {}
@@ -185,8 +186,8 @@ def compute_masks(model, rate: float = 0.8, *, criterion: str = "filter", rates:
                                 fix="retrain the model; compression needs finite weights")
         weights[var.path] = w
     masks = {}
-    pooled = [p for p in weights if criterion == "global" and not any(
-        fnmatch.fnmatchcase(p, pat) or fnmatch.fnmatchcase(p.split("/")[0], pat) for pat in (rates or {}))]
+    chosen = {p: first_match(criteria, p, criterion) for p in weights}
+    pooled = [p for p in weights if chosen[p].pooled and first_match(rates, p) is None]
     if pooled:
         mags = np.concatenate([np.abs(weights[p]).ravel() for p in pooled])
         n_drop = int(mags.size * rate)
@@ -195,8 +196,7 @@ def compute_masks(model, rate: float = 0.8, *, criterion: str = "filter", rates:
             masks[p] = np.abs(weights[p]) > threshold
     for path, w in weights.items():
         if path not in masks:
-            r = rate_for(path, rate, rates)
-            masks[path] = filter_mask(w, r, axes_of[path]) if criterion == "filter" else layer_mask(w, r)
+            masks[path] = chosen[path].mask(w, rate_for(path, rate, rates), axes_of[path])
     return masks
 
 
@@ -208,12 +208,12 @@ def apply_masks(model, masks: dict[str, np.ndarray]) -> None:
         var.assign(np.where(mask, var.numpy(), 0).astype(var.dtype))
 
 
-def prune(model, rate: float = 0.8, *, skip_first: bool = True, criterion: str = "filter",
-          rates: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+def prune(model, rate: float = 0.8, *, skip_first: bool = True, criterion="filter", rates=None,
+          criteria=None) -> dict[str, np.ndarray]:
     """Prune every prunable kernel of ``model`` at ``rate``, in place (the seed's per-filter
     criterion by default). Returns the keep-masks keyed by variable path (``"fc1/kernel"``).
     """
-    masks = compute_masks(model, rate, criterion=criterion, rates=rates, skip_first=skip_first)
+    masks = compute_masks(model, rate, criterion=criterion, rates=rates, criteria=criteria, skip_first=skip_first)
     apply_masks(model, masks)
     return masks
 
@@ -272,20 +272,6 @@ def sparsity_report(model, masks: dict[str, np.ndarray]) -> list[dict]:
             rows.append({"name": var.path, "shape": list(w.shape), "params": int(w.size),
                          "kept": kept, "sparsity": 1.0 - kept / w.size})
     return rows
-
-
-SCHEDULES = ("oneshot", "iterative", "gradual")
-
-
-def parse_schedule(spec: str) -> tuple[str, int]:
-    """``"oneshot"``, ``"iterative"`` / ``"iterative:4"`` (steps), ``"gradual"`` / ``"gradual:20"``
-    (mask updates) -> ``(kind, steps)``."""
-    kind, _, steps = str(spec).partition(":")
-    if kind not in SCHEDULES or (steps and not steps.isdigit()) or (steps and int(steps) < 1):
-        raise EdgecompError(f"bad pruning schedule {spec!r}",
-                            fix="use oneshot, iterative[:STEPS] or gradual[:UPDATES]")
-    default = {"oneshot": 1, "iterative": 3, "gradual": 10}[kind]
-    return kind, int(steps) if steps else default
 
 
 def cubic_rate(step: int, total: int, final_rate: float) -> float:

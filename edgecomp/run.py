@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 
-from edgecomp import codec, io, pruning, store, train
+from edgecomp import io, store, train
 from edgecomp.codec import seed_index
 from edgecomp.errors import EdgecompError
+from edgecomp.recipe import Recipe
 
 
 @dataclasses.dataclass
@@ -28,8 +28,7 @@ class RunConfig:
     model_options: dict = dataclasses.field(default_factory=dict)
     data: str = "fashion_mnist"
     data_dir: str | None = None
-    rate: float = 0.8
-    compression: dict = dataclasses.field(default_factory=lambda: {"method": "seed", "fine_tune_epochs": 1})
+    recipe: Recipe = dataclasses.field(default_factory=Recipe)
     epochs: int = 2
     train_size: int | None = 30000
     test_size: int | None = None
@@ -47,8 +46,9 @@ class RunConfig:
 
     def fingerprint(self) -> dict:
         """The settings that decide the results (a resumed run must match them)."""
-        skip = {"verbose", "command", "resume", "latency_runs", "threads", "out"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        skip = {"verbose", "command", "resume", "latency_runs", "threads", "out", "recipe"}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        return {**out, "recipe": self.recipe.get_config()}
 
 
 def _log(cfg: RunConfig, msg: str):
@@ -88,7 +88,6 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     from edgecomp.models import model_names
 
     cfg = dataclasses.replace(cfg or RunConfig(), **overrides)
-    pruning.check_rate(cfg.rate)
     if cfg.model not in model_names():  # fail before the data is loaded
         raise EdgecompError(f"unknown model '{cfg.model}'", fix=f"use one of: {', '.join(model_names())}")
     out = io.ensure_dir(cfg.out)
@@ -136,10 +135,10 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     artifacts = [export_stage(model, "tflite", "fp32", out / "baseline_fp32.tflite")]
 
     from edgecomp.pipeline import compress
-    copts = dict(cfg.compression)
-    _log(cfg, f"compressing ({copts.get('method', 'seed')}) at rate {cfg.rate}, fine-tuning with masks held")
-    result = compress(model, ds, rate=cfg.rate, batch_size=cfg.batch_size, seed=cfg.seed, verbose=cfg.verbose,
-                      info={"model": cfg.model, "data": cfg.data}, checkpoints=ck, **copts)
+    rate = cfg.recipe.pruning.rate
+    _log(cfg, f"compressing ({cfg.recipe.method}) at rate {rate}, fine-tuning with masks held")
+    result = compress(model, ds, cfg.recipe, verbose=cfg.verbose, info={"model": cfg.model, "data": cfg.data},
+                      checkpoints=ck)
     pruned_acc = train.evaluate(result.model, ds.x_test, ds.y_test)
     ecz_path = out / "compressed.ecz"
     result.save(ecz_path)
@@ -162,14 +161,15 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
                                         threads=cfg.threads, runs=cfg.latency_runs, min_time_s=1.0)
     fp32_bytes = 4 * sum(w.size for w in base_weights.values())
     report = {
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "config": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+                   "recipe": cfg.recipe.get_config()},
         "data": {"name": ds.name, "source": ds.source, "train": len(ds.x_train), "test": len(ds.x_test),
                  "input_shape": list(ds.input_shape), "num_classes": ds.num_classes},
         "models": [
             {"name": "baseline", "file": str(base_path), "params": int(sum(w.size for w in base_weights.values())),
              "nonzeros": int(sum(np.count_nonzero(w) for w in base_weights.values())),
              "accuracy": base_acc, "storage_bytes": fp32_bytes, "ratio": 1.0},
-            {"name": f"compressed ({result.settings['method']}, rate {cfg.rate})", "file": str(ecz_path), "params": result.params,
+            {"name": f"compressed ({cfg.recipe.method}, rate {rate})", "file": str(ecz_path), "params": result.params,
              "nonzeros": int(sum(np.count_nonzero(w) for w in dec_weights.values())),
              "accuracy": comp_acc, "accuracy_before_quantization": pruned_acc,
              "storage_bytes": result.bytes, "ratio": fp32_bytes / result.bytes},

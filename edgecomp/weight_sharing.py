@@ -17,7 +17,6 @@ Numpy for the clustering; TensorFlow only inside :func:`fine_tune_centroids`.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import sys
 
 import numpy as np
@@ -99,8 +98,8 @@ def layer_kind(kernel_ndim: int) -> str:
 def parse_bits(spec) -> dict[str, int]:
     """``"conv=8,dense=5"`` or ``{"conv": 8, "dense": 5}`` or ``5`` -> a pattern->bits dict.
 
-    Keys are ``conv``, ``dense`` or glob patterns of weight paths (``"fc1/*"``);
-    patterns win over kinds.
+    Keys are ``conv``, ``dense`` or globs of layer names or weight paths (``"fc1"``,
+    ``"fc1/*"``; :mod:`edgecomp.match`); patterns win over kinds.
     """
     if isinstance(spec, int):
         out = {"conv": spec, "dense": spec}
@@ -121,10 +120,11 @@ def parse_bits(spec) -> dict[str, int]:
 
 
 def bits_for(path: str, ndim: int, bits: dict[str, int]) -> int:
-    for pattern, b in bits.items():
-        if pattern not in ("conv", "dense") and fnmatch.fnmatchcase(path, pattern):
-            return b
-    return bits[layer_kind(ndim)]
+    """Bits for weight ``path``: the first glob rule that matches its layer name or path
+    (:mod:`edgecomp.match`), else its kind's (``conv`` / ``dense``)."""
+    from edgecomp.match import first_match
+    found = first_match([(p, b) for p, b in bits.items() if p not in ("conv", "dense")], path)
+    return bits[layer_kind(ndim)] if found is None else found
 
 
 def share_tensor(w: np.ndarray, bits: int, init: str = "linear", seed: int = 0) -> SharedTensor:

@@ -65,7 +65,11 @@ def test_budget_search_keeps_budget_on_held_out(trained):
                                          schedule="oneshot", fine_tune_epochs=1, centroid_epochs=1, verbose=0)
     assert log[-1]["within_budget"] and log[-1]["val_drop_points"] <= 2.0
     assert result.bytes < 4 * result.params / 4        # well under fp32
-    assert "budget" in result.settings and result.settings["budget"]["attempts"] == log
+    assert result.search["attempts"] == log and result.settings == result.recipe.get_config()
+    # the plan is in the returned recipe: an exact-path rate rule for every planned layer
+    rules = dict(result.recipe.pruning.layer_rates)
+    assert set(log[-1]["plan"]["rates"]) <= set(rules)
+    assert all(rules[n] == r for n, r in log[-1]["plan"]["rates"].items())
 
 
 def test_analyze_cli_writes_table_and_plot(trained, tmp_path):

@@ -53,5 +53,5 @@ def test_unknown_schedule_is_refused():
 def test_compress_fine_tunes_with_the_schedule_and_records_it():
     model, data = _tiny(), _data()
     result = compress(model, data, rate=0.5, lr_schedule="cosine", skip_first=False, verbose=0)
-    assert result.settings["lr_schedule"] == "cosine"
+    assert result.settings["fine_tune"]["lr_schedule"] == "cosine"
     assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)

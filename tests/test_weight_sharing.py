@@ -4,7 +4,8 @@ import pytest
 from edgecomp import train
 from edgecomp.errors import EdgecompError
 from edgecomp.models import build_model
-from edgecomp.pruning import compute_masks, cubic_rate, parse_rates, parse_schedule, prune
+from edgecomp.pruning import compute_masks, cubic_rate, parse_rates, prune
+from edgecomp.pruning_config import Gradual, Iterative, schedule_from
 from edgecomp.weight_sharing import (fine_tune_centroids, kmeans_1d, parse_bits, share_tensor,
                                      share_weights)
 
@@ -47,10 +48,10 @@ def test_parse_bits_and_rates_and_schedule():
     assert parse_rates("fc1=0.95,block1_*=0.5") == {"fc1": 0.95, "block1_*": 0.5}
     with pytest.raises(EdgecompError, match="per-layer rate"):
         parse_rates("fc1=1.2")
-    assert parse_schedule("iterative:4") == ("iterative", 4)
-    assert parse_schedule("gradual") == ("gradual", 10)
+    assert schedule_from("iterative:4") == Iterative(4)
+    assert schedule_from("gradual") == Gradual(10)
     with pytest.raises(EdgecompError, match="schedule"):
-        parse_schedule("sometimes")
+        schedule_from("sometimes")
     assert cubic_rate(0, 100, 0.9) == 0 and cubic_rate(100, 100, 0.9) == pytest.approx(0.9)
     assert cubic_rate(50, 100, 0.9) == pytest.approx(0.9 * (1 - 0.125))
 
