@@ -1,13 +1,16 @@
-"""The one matching rule for every per-layer option (pruning rates, sharing bits, channel keep ratios).
+"""The one rule for per-layer options given by glob: a pattern matches a layer name or a weight path.
 
-A rule's pattern is a glob (``fnmatch``, case-sensitive) that matches a layer's **name** or a
-weight's **path**: ``fc1`` and ``fc1/kernel`` both name Dense layer ``fc1``'s kernel,
-``block1_*`` every layer whose name starts with ``block1_``, ``*/bias`` every bias. Rules are
-tried in order and the first that matches wins.
+Pruning rates (``--layer-rates``), sharing bits (``--bits``), per-layer criteria and channel keep
+ratios (``--channels``) all use it. A pattern is an ``fnmatch`` glob (case-sensitive) tried
+against the layer's name and its weight's path: ``fc1`` and ``fc1/kernel`` both name Dense layer
+``fc1``'s kernel, ``block1_*`` every layer whose name starts with ``block1_``, ``*/bias`` every
+bias. Rules are tried in order and the first that matches wins.
 
-    >>> matches("fc1", "fc1/kernel")
+    >>> matches("block1_*", "block1_conv1")
     True
-    >>> first_match({"block*": 0.5, "fc1": 0.9}, "fc1/kernel")
+    >>> matches("*/bias", "fc1", "fc1/bias")
+    True
+    >>> rule_value({"block*": 0.5, "fc1": 0.9}, "fc1/kernel")
     0.9
 """
 
@@ -15,38 +18,64 @@ from __future__ import annotations
 
 import fnmatch
 
+__all__ = ["matches", "first_match", "rule_value", "unmatched", "layer_name"]
+
 
 def layer_name(path: str) -> str:
-    """The layer name of a weight path (``"fc1/kernel"`` -> ``"fc1"``); a layer name stays itself."""
+    """The layer name of a weight path (``"fc1/kernel"`` -> ``"fc1"``); a bare name stays itself."""
     parts = path.split("/")
     return parts[-2] if len(parts) > 1 else parts[0]
 
 
-def matches(pattern: str, name_or_path: str, weight_path: str | None = None) -> bool:
-    """Whether ``pattern`` matches a layer name or weight path.
+def matches(pattern: str, layer_name_or_path: str, weight_path: str | None = None) -> bool:
+    """True when the glob ``pattern`` matches the layer's name or the weight's path (case-sensitive).
 
     Args:
-        pattern: a glob.
-        name_or_path: a layer name, or a weight path (its layer name is tried too).
-        weight_path: optionally the weight path as well, when the first argument is a layer name.
+        pattern: an ``fnmatch`` glob (``*``, ``?``, ``[...]``), e.g. ``"block1_*"`` or ``"fc1/kernel"``.
+        layer_name_or_path: the layer's name (``layer.name``), or a weight path, whose layer name is
+            then tried too.
+        weight_path: one of its weights' paths (``variable.path``, e.g. ``"fc1/kernel"``), if any.
+
+    Example:
+        >>> matches("fc?", "fc1"), matches("conv*", "fc1", "fc1/kernel"), matches("fc1", "fc1/kernel")
+        (True, False, True)
     """
-    candidates = {name_or_path, layer_name(name_or_path)}
+    names = [layer_name_or_path]
+    if "/" in layer_name_or_path:
+        names.append(layer_name(layer_name_or_path))
     if weight_path is not None:
-        candidates.update((weight_path, layer_name(weight_path)))
-    return any(fnmatch.fnmatchcase(c, pattern) for c in candidates)
+        names.append(weight_path)
+    return any(fnmatch.fnmatchcase(n, pattern) for n in names)
 
 
-def first_match(rules, name_or_path: str, default=None, weight_path: str | None = None):
-    """The value of the first rule (``{pattern: value}`` or ``[(pattern, value), ...]``) that matches."""
-    items = rules.items() if isinstance(rules, dict) else rules
-    for pattern, value in items or ():
-        if matches(pattern, name_or_path, weight_path):
+def first_match(patterns, layer_name: str, weight_paths=()) -> str | None:
+    """The first pattern (in order) that matches the layer's name or any of its weight paths, else None.
+
+    Example:
+        >>> first_match(["fc*", "*"], "fc1"), first_match({"conv*": 0.5}, "fc1")
+        ('fc*', None)
+    """
+    for pattern in patterns:
+        if matches(pattern, layer_name) or any(matches(pattern, layer_name, p) for p in weight_paths):
+            return pattern
+    return None
+
+
+def rule_value(rules, layer_name_or_path: str, default=None):
+    """The value of the first rule (``{pattern: value}`` or ``[(pattern, value), ...]``) that matches.
+
+    Example:
+        >>> rule_value([("fc*", 3)], "fc1/kernel"), rule_value({"conv*": 3}, "fc1", default=8)
+        (3, 8)
+    """
+    for pattern, value in (rules.items() if isinstance(rules, dict) else rules or ()):
+        if matches(pattern, layer_name_or_path):
             return value
     return default
 
 
 def unmatched(rules, names) -> list[str]:
-    """The patterns in ``rules`` that match none of ``names`` (layer names or weight paths)."""
+    """The patterns of ``rules`` that match none of ``names`` (layer names or weight paths)."""
     names = list(names)
-    items = rules.keys() if isinstance(rules, dict) else [p for p, _ in rules]
-    return [p for p in items if not any(matches(p, n) for n in names)]
+    patterns = rules.keys() if isinstance(rules, dict) else [p for p, _ in rules]
+    return [p for p in patterns if not any(matches(p, n) for n in names)]
