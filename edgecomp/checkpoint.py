@@ -73,3 +73,13 @@ class Checkpoints:
         with np.load(self.folder / f"{stage}.npz", allow_pickle=False) as z:
             names = [str(n) for n in z["names"]]
             return {n: z[f"a{i}"] for i, n in enumerate(names)}
+
+    def save_model(self, stage: str, model, info: dict | None = None):
+        """Save a stage whose model has a new architecture (structured pruning): the architecture
+        and exact float32 weights in one container."""
+        io.write_bytes(self.folder / f"{stage}.model.ecz", store.encode_model(model))
+        self.mark(stage, info)
+
+    def load_model(self, stage: str):
+        """The model a :meth:`save_model` stage saved."""
+        return store.decode_model((self.folder / f"{stage}.model.ecz").read_bytes())

@@ -64,8 +64,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
-def _add_compression(p):
-    g = p.add_argument_group("compression (each flag is one setting of the recipe: edgecomp.recipe)")
+def _add_compression(p, defaults: bool = True):
+    """The compression flags; with ``defaults=False`` an absent flag is left out of the args, so the
+    recipe it builds over (``edgecomp run``'s best recipe) keeps its own value."""
+    groups = [p.add_argument_group("compression (each flag is one setting of the recipe: edgecomp.recipe)")]
+    g = groups[0]
     g.add_argument("--method", choices=("seed", "deep"), default="seed",
                    help="seed: int8 values + uint8 relative index; deep: k-means weight sharing with trained "
                         "centroids + entropy-coded indices (default: seed)")
@@ -93,25 +96,79 @@ def _add_compression(p):
                    help="deep: entropy coder for indices and gaps; auto takes the smallest per tensor (default: auto)")
     g.add_argument("--batch-size", type=_positive, default=64, help="batch size of every training run (default: 64)")
     g.add_argument("--seed", type=int, default=0, help="seed of every stage (default: 0)")
+    g = p.add_argument_group("structured pruning (whole channels removed first: a smaller, faster dense model)")
+    groups.append(g)
+    g.add_argument("--channels", default=None,
+                   help="keep ratio of each channel group, in (0, 1], global and/or per layer by glob, e.g. 0.5 or "
+                        "0.5,fc1=0.3")
+    g.add_argument("--target-macs", type=float, default=None, help="keep the largest ratio within this fraction of the MACs")
+    g.add_argument("--target-latency", type=float, default=None,
+                   help="keep the largest ratio whose exported fp32 TFLite runs within MS ms (measured on --latency-profile)")
+    g.add_argument("--latency-profile", default=None,
+                   help="runtime_bench target profile the latency target is measured on (default: mobile-big)")
+    g.add_argument("--importance", default=None, help="channel importance: l1, l2, bn_scale or taylor (default: l1)")
+    g.add_argument("--channel-ranking", choices=("uniform", "global"), default=None,
+                   help="uniform: every group keeps the ratio; global: ranked across groups (default: uniform)")
+    g.add_argument("--round-to", type=_positive, default=None, help="kept channel counts are multiples of N (default: 1)")
+    g.add_argument("--structured-steps", type=_positive, default=None,
+                   help="prune channels in N steps, fine-tuning after each (default: 1)")
+    g.add_argument("--structured-epochs", type=_positive, default=None,
+                   help="fine-tuning epochs after each channel step (default: 1)")
+    g.add_argument("--distill", nargs="?", const="4,0.7", default=None, metavar="T,W",
+                   help="distil from the unpruned model while fine-tuning the channel-pruned one: temperature and "
+                        "soft-loss weight (default when given bare: 4,0.7; off: no distillation)")
+    if not defaults:
+        for group in groups:
+            for action in group._group_actions:
+                action.default = argparse.SUPPRESS
 
 
-def recipe_from_args(args):
-    """The recipe the compression flags describe: every flag is parsed here, once."""
+#: Compression flag (argparse dest) -> Recipe.from_options option.
+_RECIPE_FLAGS = {"method": "method", "rate": "rate", "criterion": "criterion", "layer_rates": "layer_rates",
+                 "prune_schedule": "schedule", "fine_tune_epochs": "fine_tune_epochs", "lr_schedule": "lr_schedule",
+                 "batch_size": "batch_size", "seed": "seed"}
+_DEEP_FLAGS = {"bits": "bits", "init": "init", "centroid_epochs": "centroid_epochs", "index_bits": "index_bits",
+               "coder": "coder"}
+_STRUCTURED_FLAGS = {"channels": "channels", "target_macs": "target_macs", "target_latency": "target_latency",
+                     "latency_profile": "latency_profile", "importance": "importance", "channel_ranking": "ranking",
+                     "round_to": "round_to", "structured_steps": "structured_steps",
+                     "structured_epochs": "structured_epochs", "distill": "distill"}
+
+
+def recipe_from_args(args, base=None):
+    """The recipe the compression flags describe, over ``base`` (default: the Recipe defaults,
+    which are the flags' defaults); every flag is parsed here, once. A flag the parser left out
+    (``edgecomp run`` suppresses the defaults) keeps ``base``'s value."""
     from edgecomp.errors import EdgecompError
     from edgecomp.recipe import Recipe
 
-    deep = {"bits": args.bits, "init": args.init, "centroid_epochs": args.centroid_epochs,
-            "index_bits": args.index_bits, "coder": args.coder}
-    given = [k for k, v in deep.items() if v is not None]
-    if args.method != "deep" and given:
-        flag = "--" + given[0].replace("_", "-")
+    given = lambda table: {opt: getattr(args, dest) for dest, opt in table.items()  # noqa: E731
+                           if getattr(args, dest, None) is not None}
+    options, deep, structured = given(_RECIPE_FLAGS), given(_DEEP_FLAGS), given(_STRUCTURED_FLAGS)
+    if getattr(args, "prune_first", False):
+        options["skip_first"] = False
+    method = options.get("method", base.method if base is not None else "seed")
+    if method != "deep" and deep:
+        flag = "--" + next(d for d, o in _DEEP_FLAGS.items() if o in deep).replace("_", "-")
         raise EdgecompError(f"{flag} sets weight sharing or entropy coding, which only --method deep does",
                             fix=f"add --method deep, or drop {flag}")
-    return Recipe.from_options(
-        method=args.method, rate=args.rate, criterion=args.criterion, layer_rates=args.layer_rates,
-        schedule=args.prune_schedule, fine_tune_epochs=args.fine_tune_epochs, lr_schedule=args.lr_schedule,
-        skip_first=not args.prune_first, batch_size=args.batch_size, seed=args.seed,
-        **({k: v for k, v in deep.items() if v is not None}))
+    if str(structured.get("distill", "")).lower() in ("off", "none"):
+        structured["distill"] = False
+    if str(structured.get("channels", "")).lower() in ("off", "none"):
+        del structured["channels"]
+        if structured:
+            raise EdgecompError("--channels none turns structured pruning off, but other structured flags were given",
+                                fix="drop them, or pass a keep ratio")
+        base = (base or Recipe()).replace(structured=None)
+    targets = [k for k in ("channels", "target_macs", "target_latency") if k in structured]
+    if structured and not targets and (base is None or base.structured is None):
+        flag = "--" + next(d for d, o in _STRUCTURED_FLAGS.items() if o in structured).replace("_", "-")
+        raise EdgecompError(f"{flag} sets structured pruning, which needs --channels, --target-macs or --target-latency",
+                            fix=f"add one of them, or drop {flag}")
+    if "target_latency" in structured:
+        import runtime_bench
+        runtime_bench.get_target(structured.get("latency_profile", "mobile-big"))  # an unknown profile fails here
+    return Recipe.from_options(base, **options, **deep, **structured)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,12 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with TFLite/ONNX export and runtime benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("run", help="train, compress, store, decode, export and benchmark in one go")
+    p = sub.add_parser("run", help="train a baseline, compress it with the seed's method and with edgecomp's best "
+                       "recipe (the compression flags change it: edgecomp.run.best_recipe), store, decode, export "
+                       "and benchmark, side by side")
     p.add_argument("--model", default="vgg", help="registered model name (default: vgg)")
     p.add_argument("--width", type=float, default=1.0, help="channel-width multiplier of the model (default: 1.0)")
     _add_data(p)
-    _add_compression(p)
-    p.add_argument("--epochs", type=_positive, default=2, help="baseline training epochs (default: 2)")
+    _add_compression(p, defaults=False)
+    p.add_argument("--seed-rate", type=lambda t: None if t == "none" else _rate(t), default=0.8,
+                   help="compare with the seed's method at this rate ('none': leave it out) (default: 0.8)")
+    p.add_argument("--epochs", type=_positive, default=3,
+                   help="baseline training epochs, cosine learning rate (default: 3)")
     p.add_argument("--train-size", type=_size, default=30000, help="training samples to use (default: 30000; 'all')")
     p.add_argument("--latency-runs", type=_positive, default=200, help="timed runs per artifact (default: 200)")
     p.add_argument("--threads", type=_positive, default=1, help="runtime threads for latency (default: 1)")
@@ -213,13 +275,22 @@ def _data(args):
 
 
 def cmd_run(args):
-    from edgecomp.run import RunConfig, run_job
+    from edgecomp.run import RunConfig, best_recipe, run_job
+    recipe = recipe_from_args(args, base=best_recipe())
     run_job(RunConfig(model=args.model, model_options={"width": args.width} if args.width != 1.0 else {},
-                      data=args.data, data_dir=args.data_dir, recipe=recipe_from_args(args),
+                      data=args.data, data_dir=args.data_dir, recipe=recipe, seed_rate=args.seed_rate,
                       epochs=args.epochs, train_size=args.train_size,
-                      test_size=args.test_size, batch_size=args.batch_size, latency_runs=args.latency_runs,
-                      threads=args.threads, out=args.out, seed=args.seed,
+                      test_size=args.test_size, batch_size=recipe.fine_tune.batch_size, latency_runs=args.latency_runs,
+                      threads=args.threads, out=args.out, seed=recipe.seed,
                       command=" ".join(["edgecomp", *sys.argv[1:]]), resume=args.resume))
+
+
+def _latency_measure(recipe, ds):
+    """The measure a structured latency target searches against (None without one)."""
+    if recipe.structured is None or recipe.structured.target_latency is None:
+        return None
+    from exporters.latency import latency_measure
+    return latency_measure(recipe.structured.profile, ds.x_test[:1])
 
 
 def cmd_compress(args):
@@ -240,7 +311,8 @@ def cmd_compress(args):
         result, _ = compress_within_budget(model, ds, recipe_from_args(args), max_accuracy_drop=args.max_accuracy_drop,
                                            target_ratio=args.target_ratio, val_size=args.val_size)
     else:
-        result = compress(model, ds, recipe_from_args(args))
+        recipe = recipe_from_args(args)
+        result = compress(model, ds, recipe, measure=_latency_measure(recipe, ds))
     result.save(args.out)
     if args.report:
         io.write_json(args.report, {"settings": result.settings, "bytes": result.bytes, "layers": result.report})

@@ -41,6 +41,13 @@ class CompressedModel:
     recipe: Recipe | None = None
     #: What a search (the budgeted one) found on the way, for the report; not part of the recipe.
     search: dict | None = None
+    #: The structured stage's report (MACs/params before and after, groups, kept-whole reasons).
+    structured: dict | None = None
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of one inference (batch 1) of the compressed model."""
+        return sum(r.get("macs", 0) for r in self.report)
 
     @property
     def params(self) -> int:
@@ -74,8 +81,15 @@ def _xy(data):
 
 
 def _report(model, container: bytes, masks) -> list[dict]:
+    from edgecomp.match import layer_name
+    from edgecomp.structured import count_macs
+
     weights = store.model_weights(model)
-    rows = []
+    try:
+        macs = {layer_name(k): v for k, v in count_macs(model)[0].items()}
+    except EdgecompError:  # e.g. an input without a fixed shape: no MACs column
+        macs = {}
+    seen, rows = set(), []
     for rec in codec.tensor_records(container):
         w = weights[rec.name]
         method = codec.METHOD_NAMES[rec.method]
@@ -86,6 +100,10 @@ def _report(model, container: bytes, masks) -> list[dict]:
                      "method": method, "bits": int(rec.params[0]) if method == "deep" else BITS.get(method),
                      "bytes": rec.stream_bytes,
                      "streams": {n: len(s) for n, s in zip(names, rec.streams)}})
+        layer = layer_name(rec.name)
+        if layer in macs and layer not in seen:  # a layer's MACs on its first tensor's row
+            rows[-1]["macs"] = macs[layer]
+            seen.add(layer)
     return rows
 
 
@@ -180,7 +198,7 @@ def _share_and_fine_tune(model, x, y, recipe: Recipe, *, verbose, history, check
 
 
 def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: int = 1, info: dict | None = None,
-             checkpoints=None, **options) -> CompressedModel:
+             checkpoints=None, measure=None, **options) -> CompressedModel:
     """Compress ``model`` by ``recipe`` and return a :class:`CompressedModel`.
 
     Args:
@@ -193,6 +211,8 @@ def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: 
         info: extra entries for the container's metadata (e.g. the model and data names).
         checkpoints: an :class:`edgecomp.checkpoint.Checkpoints`; each finished stage is saved under
             its name and skipped when already there.
+        measure: ``Keras model -> ms``, for a structured latency target (the CLI passes one that
+            exports and times the real file; the core itself runs no runtime).
         **options: flat options over the recipe, parsed once (:meth:`Recipe.from_options`):
             ``rate``, ``method``, ``criterion``, ``layer_rates``, ``schedule``, ``bits``, ...
 
@@ -208,9 +228,11 @@ def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: 
         recipe = Recipe.from_options(recipe, **options)
     x, y = _xy(data)
     history: list[dict] = []
+    structured = None
     if recipe.structured is not None:
         from edgecomp.structured_stage import run_structured
-        model = run_structured(model, x, y, recipe, verbose=verbose, history=history, checkpoints=checkpoints)
+        model, structured = run_structured(model, x, y, recipe, verbose=verbose, history=history,
+                                           checkpoints=checkpoints, measure=measure)
     if not pruning.prunable_kernels(model, skip_first=recipe.pruning.skip_first):
         raise EdgecompError("the model has no prunable Conv/Dense kernels",
                             fix="compress a model with Conv or Dense layers")
@@ -224,4 +246,5 @@ def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: 
                  for name, st in shared.items()}
     settings = recipe.get_config()
     container = store.encode_model(model, specs, info={"recipe": settings, **(info or {})})
-    return CompressedModel(model, masks, container, _report(model, container, masks), settings, history, recipe)
+    return CompressedModel(model, masks, container, _report(model, container, masks), settings, history, recipe,
+                           structured=structured)

@@ -190,8 +190,25 @@ class Recipe(Config):
         """The stages this recipe runs, in order."""
         return [s for s in self.ORDER if s in ("pruning", "coding") or getattr(self, s) is not None]
 
+    def describe(self) -> str:
+        """A short human summary, e.g. ``channels 0.35 in 2 steps, distilled; deep 0.8 filter, bits conv=8,dense=5``."""
+        parts = []
+        s = self.structured
+        if s is not None:
+            target = (f"channels {s.keep:g}" if s.keep is not None else f"MACs {s.target_macs:.0%}"
+                      if s.target_macs is not None else f"{s.target_latency:g} ms on {s.profile}"
+                      if s.target_latency is not None else "channels by layer")
+            parts.append(target + (f" in {s.steps} steps" if s.steps > 1 else "") + (", distilled" if s.distill else ""))
+        p = self.pruning
+        prune = f"{self.method} {p.rate:g} {p.criterion}" + ("" if str(p.schedule) == "oneshot" else f" {p.schedule}")
+        if self.sharing is not None:
+            prune += ", bits " + ",".join(f"{k}={v}" for k, v in self.sharing.bits)
+        return "; ".join(parts + [prune])
+
     @classmethod
     def from_config(cls, config: dict) -> "Recipe":
+        if dict(config).get("structured") is not None:
+            import edgecomp.structured_stage  # noqa: F401  (registers the stage)
         return super().from_config({k: (v if k == "seed" or v is None else STAGES[k].from_config(v))
                                     for k, v in dict(config).items()})
 
@@ -243,6 +260,6 @@ _FINE_TUNE = {"fine_tune_epochs": "epochs", "batch_size": "batch_size", "learnin
 _SHARING = {"init": "init", "centroid_epochs": "epochs"}
 _CODING = {"index_bits": "index_bits", "coder": "coder"}
 #: The structured stage's flat options (see :mod:`edgecomp.structured_stage`).
-STRUCTURED_OPTIONS = ("channels", "layer_channels", "target_macs", "target_latency", "importance",
-                      "structured_steps", "structured_epochs", "distill", "round_to")
+STRUCTURED_OPTIONS = ("channels", "layer_channels", "target_macs", "target_latency", "latency_profile",
+                      "importance", "ranking", "round_to", "structured_steps", "structured_epochs", "distill")
 OPTIONS = (*_PRUNING, "method", *_FINE_TUNE, "bits", *_SHARING, *_CODING, "seed", *STRUCTURED_OPTIONS)

@@ -18,27 +18,42 @@ def _num(v, fmt="{:,}"):
 
 
 def model_rows(report: dict) -> list[list[str]]:
-    return [[m["name"], _num(m["params"]), _num(m["nonzeros"]), _pct(m["accuracy"]),
+    return [[m["name"], _num(m["params"]), _num(m.get("macs")), _num(m["nonzeros"]), _pct(m["accuracy"]),
              _num(m["storage_bytes"]), f"{m['ratio']:.1f}x"] for m in report["models"]]
 
 
 def artifact_rows(report: dict) -> list[list[str]]:
     bench = {str(Path(r["file"]).resolve()): r for r in report["bench"]}
+    base = next((bench.get(str(Path(a["path"]).resolve()), {}) for a in report["artifacts"]
+                 if a.get("model") == "baseline"), {})
     rows = []
     for a in report["artifacts"]:
         r = bench.get(str(Path(a["path"]).resolve()), {})
         parity = a.get("parity") or {}
-        rows.append([Path(a["path"]).name, a["format"], a["variant"], _num(a["bytes"]), _num(a["gzip_bytes"]),
-                     _pct(r.get("accuracy")), _pct(parity.get("top1_agreement")),
+        speedup = base["median_ms"] / r["median_ms"] if base.get("median_ms") and r.get("median_ms") else None
+        rows.append([Path(a["path"]).name, a.get("model", ""), a["format"], a["variant"], _num(a["bytes"]),
+                     _num(a["gzip_bytes"]), _pct(r.get("accuracy")), _pct(parity.get("top1_agreement")),
                      _num(parity.get("max_abs_diff"), "{:.1e}"),
                      _num(r.get("median_ms"), "{:.3f}"), _num(r.get("p90_ms"), "{:.3f}"),
-                     r.get("error") or ""])
+                     _num(speedup, "{:.1f}x"), r.get("error") or ""])
     return rows
 
 
-MODEL_HEAD = ["model", "params", "nonzeros", "accuracy", "storage bytes", "ratio"]
-ARTIFACT_HEAD = ["artifact", "format", "variant", "bytes", "gzip bytes", "accuracy", "top-1 agree",
-                 "max abs diff", "median ms", "p90 ms", "error"]
+MODEL_HEAD = ["model", "params", "MACs", "nonzeros", "accuracy", "storage bytes", "ratio"]
+ARTIFACT_HEAD = ["artifact", "model", "format", "variant", "file bytes", "gzip bytes", "accuracy", "top-1 agree",
+                 "max abs diff", "median ms", "p90 ms", "speedup", "error"]
+
+
+def headline_text(report: dict) -> str:
+    h = report.get("headline") or {}
+    if not h:
+        return ""
+    parts = [f"container {h['container_ratio']:.1f}x smaller than the fp32 weights"]
+    if "int8_tflite_ratio" in h:
+        parts.append(f"int8 TFLite {h['int8_tflite_ratio']:.1f}x smaller than the baseline's fp32 TFLite")
+    if "speedup" in h:
+        parts.append(f"fastest export ({h['fastest']}) {h['speedup']:.1f}x faster than the baseline's fp32 TFLite")
+    return f"edgecomp: {', '.join(parts)}; accuracy {h['accuracy_change_points']:+.2f} points."
 
 
 def text_table(head, rows) -> str:
@@ -60,11 +75,15 @@ def summary_text(report: dict) -> str:
     return (text_table(MODEL_HEAD, model_rows(report)) + "\n\n"
             + text_table(ARTIFACT_HEAD, artifact_rows(report))
             + f"\n\nlatency: batch 1, {threads} thread(s); accuracy on {report['data']['test']} test images"
-              f" of {report['data']['name']} ({report['data']['source']})")
+              f" of {report['data']['name']} ({report['data']['source']})\n" + headline_text(report))
 
 
 def markdown(report: dict) -> str:
-    sc = report["storage_check"]
+    sc = report.get("storage_check")
+    seed_line = "" if sc is None else (
+        f"Seed's method: container {sc['container_bytes']:,} B against {sc['seed_format_bytes']:,} B for the seed's "
+        f"own format ({100 * sc['relative_difference']:+.2f}%); decoded weights: worst error "
+        f"{sc['max_error_in_steps']:.3f} int8 steps; pruned weights exactly zero: {sc['pruned_exact_zero']}.")
     return "\n".join([
         f"# edgecomp run: {report['config']['model']} on {report['data']['name']}", "",
         f"Made by `{report['config'].get('command', 'edgecomp run')}` in {report['seconds']:.0f} s.", "",
@@ -73,10 +92,8 @@ def markdown(report: dict) -> str:
         "median and p90 after warm-up, each artifact in a fresh process.", "",
         markdown_table(MODEL_HEAD, model_rows(report)), "",
         markdown_table(ARTIFACT_HEAD, artifact_rows(report)), "",
-        f"Container {sc['container_bytes']:,} B against {sc['seed_format_bytes']:,} B for the seed's format "
-        f"({100 * sc['relative_difference']:+.2f}%). Decoded weights: worst error "
-        f"{sc['max_error_in_steps']:.3f} int8 steps; pruned weights exactly zero: {sc['pruned_exact_zero']}.",
-        "",
+        f"**{headline_text(report)}**" if report.get("headline") else "", "",
+        seed_line, "",
     ])
 
 
@@ -110,22 +127,38 @@ def size_plot_png(fig, ax, *, ylabel: str, title: str, xlabel: str = "size (KiB,
 
 
 def plot_size_accuracy(report: dict) -> bytes:
+    """Accuracy against size (containers and files) and against measured latency (files).
+
+    Every point is named in a legend beside the axes, not by a label on the plot, so no two
+    names can overlap however close the points are.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in report["models"]:
-        ax.scatter(m["storage_bytes"] / 1024, 100 * m["accuracy"], marker="s", s=60)
-        ax.annotate(m["name"], (m["storage_bytes"] / 1024, 100 * m["accuracy"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+    fig, (ax, lat) = plt.subplots(1, 2, figsize=(13, 6.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     bench = {str(Path(r["file"]).resolve()): r for r in report["bench"]}
-    for a in report["artifacts"]:
+    markers = iter("sDP^v<>ohX*p")
+    for i, m in enumerate(report["models"]):
+        ax.scatter(m["storage_bytes"] / 1024, 100 * m["accuracy"], marker="s", s=70, color=colors[i % len(colors)],
+                   label=f"{m['name'][:60]} ({'fp32 weights' if m.get('key') == 'baseline' else 'container'})")
+    for i, a in enumerate(report["artifacts"]):
         r = bench.get(str(Path(a["path"]).resolve()), {})
-        if r.get("accuracy") is not None:
-            ax.scatter(a["bytes"] / 1024, 100 * r["accuracy"], marker="o", s=40)
-            ax.annotate(Path(a["path"]).name, (a["bytes"] / 1024, 100 * r["accuracy"]), fontsize=8,
-                        xytext=(4, -10), textcoords="offset points")
+        if r.get("accuracy") is None:
+            continue
+        style = dict(marker=next(markers, "o"), s=45, color=colors[(i + len(report["models"])) % len(colors)])
+        name = Path(a["path"]).name
+        ax.scatter(a["bytes"] / 1024, 100 * r["accuracy"], label=name, **style)
+        if r.get("median_ms"):
+            lat.scatter(r["median_ms"], 100 * r["accuracy"], label=name, **style)
+    lat.set_xscale("log")
+    lat.set_xlabel("median latency, batch 1 (ms, log scale)")
+    lat.set_ylabel("test accuracy (%)")
+    lat.set_title("accuracy vs measured latency")
+    lat.grid(True, which="both", alpha=0.3)
+    lat.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
     return size_plot_png(fig, ax, ylabel="test accuracy (%)", legend=False,
                          title=f"{report['config']['model']} on {report['data']['name']}: size vs accuracy")
 

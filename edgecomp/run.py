@@ -1,9 +1,10 @@
-"""The main job, end to end: train -> prune -> fine-tune -> quantize -> store -> decode
--> export -> benchmark, with one table and a report folder.
+"""The main job, end to end: train a baseline, compress it two ways (the seed's method, and
+edgecomp's best recipe: structured channel pruning with distillation, then Deep Compression),
+store, decode, export, and benchmark every file in its runtime, side by side.
 
-    >>> report = run_job(out="runs/latest")      # Fashion-MNIST, VGG-like net, rate 0.8
+    >>> report = run_job(out="runs/latest")      # Fashion-MNIST, the seed's VGG-like net
 
-Writes into ``out``: ``baseline.keras``, ``compressed.ecz``, the exported ``.tflite`` /
+Writes into ``out``: ``baseline.keras``, ``seed.ecz``, ``edgecomp.ecz``, the exported ``.tflite`` /
 ``.onnx`` files, ``report.json``, ``report.md`` and ``size_vs_accuracy.png``.
 """
 
@@ -20,16 +21,32 @@ from edgecomp.errors import EdgecompError
 from edgecomp.recipe import Recipe
 
 
+def best_recipe() -> Recipe:
+    """edgecomp's best recipe for the VGG-like net on Fashion-MNIST (``scripts/bench_structured.py``):
+    keep 35% of the channels in two steps with distillation from the unpruned net, then prune
+    80% of the remaining weights, share them (8-bit convs, 5-bit dense) and entropy-code them."""
+    return Recipe.from_options(channels=0.35, structured_steps=2, structured_epochs=1, distill="4,0.7",
+                               method="deep", rate=0.8, fine_tune_epochs=1, lr_schedule="cosine",
+                               centroid_epochs=1)
+
+
+def seed_recipe(rate: float = 0.8, seed: int = 0, batch_size: int = 64) -> Recipe:
+    """The seed's method (its table's rows): per-filter pruning, one fine-tuning epoch, int8 + uint8 index."""
+    return Recipe.from_options(rate=rate, fine_tune_epochs=1, seed=seed, batch_size=batch_size)
+
+
 @dataclasses.dataclass
 class RunConfig:
-    """Every knob of :func:`run_job`; the defaults finish in a few minutes on 2 cores."""
+    """Every knob of :func:`run_job`; the defaults finish in under 10 minutes on 2 idle cores."""
 
     model: str = "vgg"
     model_options: dict = dataclasses.field(default_factory=dict)
     data: str = "fashion_mnist"
     data_dir: str | None = None
-    recipe: Recipe = dataclasses.field(default_factory=Recipe)
-    epochs: int = 2
+    recipe: Recipe = dataclasses.field(default_factory=best_recipe)
+    seed_rate: float | None = 0.8
+    epochs: int = 3
+    lr_schedule: str = "cosine"
     train_size: int | None = 30000
     test_size: int | None = None
     batch_size: int = 64
@@ -38,6 +55,7 @@ class RunConfig:
     latency_runs: int = 200
     threads: int = 1
     variants: tuple[str, ...] = ("tflite:fp32", "tflite:int8", "onnx:fp32")
+    seed_variants: tuple[str, ...] = ("tflite:int8",)
     out: str = "runs/latest"
     seed: int = 0
     verbose: int = 1
@@ -77,15 +95,44 @@ def quantization_error_steps(before: dict, after: dict, pruned: set[str]) -> dic
     return {"max_error_in_steps": worst, "pruned_exact_zero": zeros_exact}
 
 
+def _baseline(cfg: RunConfig, ds, ck, base_path):
+    from edgecomp.models import build_model, load_keras_model
+    if ck.done("baseline") and base_path.is_file():
+        model = load_keras_model(base_path)
+        _log(cfg, f"resumed: baseline from {base_path} ({ck.info('baseline')['accuracy']:.2%})")
+        return model, ck.info("baseline")["accuracy"]
+    import keras
+    keras.utils.set_random_seed(cfg.seed)  # the initial weights
+    model = build_model(cfg.model, ds.input_shape, ds.num_classes, **cfg.model_options)
+    _log(cfg, f"training {cfg.model} ({model.count_params():,} params) for {cfg.epochs} epoch(s), "
+              f"{cfg.lr_schedule} learning rate")
+    train.fit(model, ds.x_train, ds.y_train, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+              verbose=cfg.verbose, lr_schedule=cfg.lr_schedule)
+    acc = train.evaluate(model, ds.x_test, ds.y_test)
+    with io.atomic_path(base_path) as tmp:
+        model.save(tmp)
+    ck.mark("baseline", {"accuracy": acc})
+    _log(cfg, f"baseline test accuracy {acc:.2%}")
+    return model, acc
+
+
+def _macs(model) -> int | None:
+    from edgecomp.structured import count_macs
+    try:
+        return count_macs(model)[1]
+    except EdgecompError:
+        return None
+
+
 def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     """Run the whole pipeline; returns the report dict (also written to ``cfg.out``)."""
     import exporters
     import runtime_bench
+    from edgecomp.checkpoint import Checkpoints
     from edgecomp.data import load_dataset
-    from edgecomp.models import build_model
+    from edgecomp.models import load_keras_model, model_names
+    from edgecomp.pipeline import compress
     from edgecomp.report import write_run_report
-
-    from edgecomp.models import model_names
 
     cfg = dataclasses.replace(cfg or RunConfig(), **overrides)
     if cfg.model not in model_names():  # fail before the data is loaded
@@ -96,91 +143,95 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     _log(cfg, f"loading {cfg.data}")
     ds = load_dataset(cfg.data, data_dir=cfg.data_dir).take(cfg.train_size, cfg.test_size).check()
     _log(cfg, f"{len(ds.x_train)} train / {len(ds.x_test)} test samples of {ds.input_shape} from {ds.source}")
-
-    from edgecomp.checkpoint import Checkpoints
-    from edgecomp.models import load_keras_model
-
     ck = Checkpoints(out / "checkpoints", cfg.fingerprint(), resume=cfg.resume)
     base_path = out / "baseline.keras"
-    if ck.done("baseline") and base_path.is_file():
-        model = load_keras_model(base_path)
-        base_acc = ck.info("baseline")["accuracy"]
-        _log(cfg, f"resumed: baseline from {base_path} ({base_acc:.2%})")
-    else:
-        import keras
-        keras.utils.set_random_seed(cfg.seed)  # the initial weights
-        model = build_model(cfg.model, ds.input_shape, ds.num_classes, **cfg.model_options)
-        _log(cfg, f"training {cfg.model} ({model.count_params():,} params) for {cfg.epochs} epoch(s)")
-        train.fit(model, ds.x_train, ds.y_train, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  seed=cfg.seed, verbose=cfg.verbose)
-        base_acc = train.evaluate(model, ds.x_test, ds.y_test)
-        with io.atomic_path(base_path) as tmp:
-            model.save(tmp)
-        ck.mark("baseline", {"accuracy": base_acc})
-        _log(cfg, f"baseline test accuracy {base_acc:.2%}")
+    model, base_acc = _baseline(cfg, ds, ck, base_path)
     base_weights = store.model_weights(model)
-
-    # Baseline fp32 TFLite: the reference size for the compressed artifacts.
+    fp32_bytes = 4 * sum(w.size for w in base_weights.values())
     calib = ds.x_train[:cfg.calibration_size]
     check_x, check_y = ds.x_test[:cfg.parity_size], ds.y_test[:cfg.parity_size]
 
-    def export_stage(m, fmt, variant, path):
+    def export_stage(m, spec, path, who):
+        fmt, _, variant = spec.partition(":")
         stage = f"export-{path.name}"
         if ck.done(stage) and path.is_file():
-            return exporters.Artifact(**{**ck.info(stage), "path": path})
+            return exporters.Artifact(**{**ck.info(stage), "path": path}), who
+        _log(cfg, f"exporting {who}: {fmt} {variant}, checked for parity on {len(check_x)} test images")
         art = exporters.export_and_check(m, fmt, variant, path, calibration=calib, check_x=check_x, check_y=check_y)
         ck.mark(stage, {k: v for k, v in art.to_dict().items() if k != "path"})
-        return art
+        return art, who
 
-    artifacts = [export_stage(model, "tflite", "fp32", out / "baseline_fp32.tflite")]
-
-    from edgecomp.pipeline import compress
-    rate = cfg.recipe.pruning.rate
-    _log(cfg, f"compressing ({cfg.recipe.method}) at rate {rate}, fine-tuning with masks held")
-    result = compress(model, ds, cfg.recipe, verbose=cfg.verbose, info={"model": cfg.model, "data": cfg.data},
-                      checkpoints=ck)
-    pruned_acc = train.evaluate(result.model, ds.x_test, ds.y_test)
-    ecz_path = out / "compressed.ecz"
-    result.save(ecz_path)
-    decoded = store.load_compressed(ecz_path)
-    dec_weights = store.model_weights(decoded)
-    comp_acc = train.evaluate(decoded, ds.x_test, ds.y_test)
-    pruned_names = set(result.masks)
-    fine_weights = store.model_weights(result.model)
-    seed_bytes = seed_format_bytes(fine_weights, pruned_names)
-    _log(cfg, f"container {result.bytes:,} B (seed format needs {seed_bytes:,} B); decoded accuracy {comp_acc:.2%}")
-
-    for spec in cfg.variants:
-        fmt, _, variant = spec.partition(":")
-        suffix = {"tflite": ".tflite", "onnx": ".onnx"}.get(fmt, "." + fmt)
-        _log(cfg, f"exporting {fmt} {variant} and checking parity on {len(check_x)} test images")
-        artifacts.append(export_stage(decoded, fmt, variant, out / f"compressed_{variant}{suffix}"))
+    artifacts = [export_stage(model, "tflite:fp32", out / "baseline_fp32.tflite", "baseline")]
+    models = [{"name": "baseline", "key": "baseline", "file": str(base_path), "params": model.count_params(),
+               "nonzeros": int(sum(np.count_nonzero(w) for w in base_weights.values())), "macs": _macs(model),
+               "accuracy": base_acc, "storage_bytes": fp32_bytes, "ratio": 1.0}]
+    results = {}
+    runs = ([("seed", seed_recipe(cfg.seed_rate, cfg.seed, cfg.batch_size), cfg.seed_variants)]
+            if cfg.seed_rate is not None else []) + [("edgecomp", cfg.recipe, cfg.variants)]
+    for key, recipe, variants in runs:
+        _log(cfg, f"compressing with {'the seed' + chr(39) + 's method' if key == 'seed' else 'edgecomp'}: "
+                  f"{recipe.describe()}")
+        result = compress(load_keras_model(base_path), ds, recipe, verbose=cfg.verbose,
+                          info={"model": cfg.model, "data": cfg.data},
+                          checkpoints=Checkpoints(out / "checkpoints" / key, cfg.fingerprint(), resume=cfg.resume))
+        ecz = out / f"{key}.ecz"
+        result.save(ecz)
+        decoded = store.load_compressed(ecz)
+        acc = train.evaluate(decoded, ds.x_test, ds.y_test)
+        results[key] = (result, decoded)
+        _log(cfg, f"{key}: container {result.bytes:,} B ({fp32_bytes / result.bytes:.1f}x), decoded accuracy {acc:.2%}")
+        dec_weights = store.model_weights(decoded)
+        models.append({"name": f"{key}: {recipe.describe()}", "key": key, "file": str(ecz),
+                       "params": decoded.count_params(), "macs": _macs(decoded),
+                       "nonzeros": int(sum(np.count_nonzero(w) for w in dec_weights.values())),
+                       "accuracy": acc, "storage_bytes": result.bytes, "ratio": fp32_bytes / result.bytes,
+                       "structured": result.structured, "history": result.history})
+        for spec in variants:
+            fmt, _, variant = spec.partition(":")
+            artifacts.append(export_stage(decoded, spec, out / f"{key}_{variant}.{fmt}", key))
 
     _log(cfg, f"benchmarking {len(artifacts)} artifacts (batch 1, {cfg.threads} thread(s), each in a fresh process)")
-    records = runtime_bench.bench_files([a.path for a in artifacts], ds.x_test, ds.y_test, batch=1,
+    records = runtime_bench.bench_files([a.path for a, _ in artifacts], ds.x_test, ds.y_test, batch=1,
                                         threads=cfg.threads, runs=cfg.latency_runs, min_time_s=1.0)
-    fp32_bytes = 4 * sum(w.size for w in base_weights.values())
     report = {
         "config": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
                    "recipe": cfg.recipe.get_config()},
         "data": {"name": ds.name, "source": ds.source, "train": len(ds.x_train), "test": len(ds.x_test),
                  "input_shape": list(ds.input_shape), "num_classes": ds.num_classes},
-        "models": [
-            {"name": "baseline", "file": str(base_path), "params": int(sum(w.size for w in base_weights.values())),
-             "nonzeros": int(sum(np.count_nonzero(w) for w in base_weights.values())),
-             "accuracy": base_acc, "storage_bytes": fp32_bytes, "ratio": 1.0},
-            {"name": f"compressed ({cfg.recipe.method}, rate {rate})", "file": str(ecz_path), "params": result.params,
-             "nonzeros": int(sum(np.count_nonzero(w) for w in dec_weights.values())),
-             "accuracy": comp_acc, "accuracy_before_quantization": pruned_acc,
-             "storage_bytes": result.bytes, "ratio": fp32_bytes / result.bytes},
-        ],
-        "storage_check": {"container_bytes": result.bytes, "seed_format_bytes": seed_bytes,
-                          "relative_difference": result.bytes / seed_bytes - 1,
-                          **quantization_error_steps(fine_weights, dec_weights, pruned_names)},
-        "layers": result.report,
-        "artifacts": [a.to_dict() for a in artifacts],
+        "models": models,
+        "layers": results["edgecomp"][0].report,
+        "artifacts": [{**a.to_dict(), "model": who} for a, who in artifacts],
         "bench": records,
         "seconds": time.time() - started,
     }
+    if "seed" in results:
+        result, decoded = results["seed"]
+        fine, dec = store.model_weights(result.model), store.model_weights(decoded)
+        seed_bytes = seed_format_bytes(fine, set(result.masks))
+        report["storage_check"] = {"container_bytes": result.bytes, "seed_format_bytes": seed_bytes,
+                                   "relative_difference": result.bytes / seed_bytes - 1,
+                                   **quantization_error_steps(fine, dec, set(result.masks))}
+    report["headline"] = headline(report)
     write_run_report(report, out)
     return report
+
+
+def headline(report: dict) -> dict:
+    """edgecomp's result against the baseline: container and file size ratios, the fastest
+    parity-passing export's speedup over the baseline fp32 TFLite, and the accuracy change."""
+    from pathlib import Path
+    bench = {str(Path(r["file"]).resolve()): r for r in report["bench"]}
+    arts = [(a, bench.get(str(Path(a["path"]).resolve()), {})) for a in report["artifacts"]]
+    base = next((r for a, r in arts if a["model"] == "baseline"), {})
+    mine = [(a, r) for a, r in arts if a["model"] == "edgecomp" and r.get("median_ms") and not r.get("error")]
+    models = {m["key"]: m for m in report["models"]}
+    out = {"accuracy_change_points": 100 * (models["edgecomp"]["accuracy"] - models["baseline"]["accuracy"]),
+           "container_ratio": models["edgecomp"]["ratio"]}
+    if base.get("median_ms") and mine:
+        a, r = min(mine, key=lambda ar: ar[1]["median_ms"])
+        out.update(fastest=Path(a["path"]).name, speedup=base["median_ms"] / r["median_ms"])
+    base_file = next((a for a, _ in arts if a["model"] == "baseline"), None)
+    int8 = next((a for a, _ in arts if a["model"] == "edgecomp" and a["format"] == "tflite" and a["variant"] == "int8"), None)
+    if base_file and int8:
+        out["int8_tflite_ratio"] = base_file["bytes"] / int8["bytes"]
+    return out
