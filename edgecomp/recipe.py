@@ -201,6 +201,8 @@ class Recipe(Config):
             parts.append(target + (f" in {s.steps} steps" if s.steps > 1 else "") + (", distilled" if s.distill else ""))
         p = self.pruning
         prune = f"{self.method} {p.rate:g} {p.criterion}" + ("" if str(p.schedule) == "oneshot" else f" {p.schedule}")
+        if p.rate == 0 and not p.layer_rates and self.sharing is None:
+            prune = "int8 weights, no weight pruning"
         if self.sharing is not None:
             prune += ", bits " + ",".join(f"{k}={v}" for k, v in self.sharing.bits)
         return "; ".join(parts + [prune])
