@@ -8,14 +8,13 @@ tensor a channel :class:`Layout` (the last axis, channels last) over *channel sp
   upsampling, cropping, a Reshape that keeps the last axis) pass the layout through;
 - Add/Subtract/Multiply/Average/Maximum/Minimum unite their inputs' spaces (residual blocks);
 - Concatenate on the last axis lays its inputs' layouts side by side (offsets);
-- Flatten tiles the layout over the flattened positions (channel ``c`` of ``HxWxC`` is row
-  ``h*W*C + w*C + c``), and a depthwise multiplier ``m`` repeats each channel ``m`` times.
+- Flatten tiles the layout over the positions (channel ``c`` of ``HxWxC`` is row ``h*W*C + w*C + c``);
+  a depthwise multiplier ``m`` repeats each channel ``m`` times.
 
 A space with a producer is a :class:`Group`: its channels go together through every layer whose
-weights it indexes (the producers' filters, BatchNorms, depthwise kernels, consumers' input rows).
-Anything the walk cannot map (Dot, a reshape of the channel axis, an unknown layer, a nested
-model, a model output, ...) marks the spaces it touches as kept whole, with the reason.
-:func:`rebuild` applies kept channels (``{group id: indices}``) to the model: the surgery.
+weights index it (filters, BatchNorms, depthwise kernels, consumers' input rows). What the walk
+cannot map (Dot, a reshape of the channel axis, an unknown layer, a nested model, a model output)
+keeps the spaces it touches whole, with the reason. :func:`rebuild` is the surgery.
 
     >>> deps = Dependencies(model)
     >>> [(g.name, g.channels, g.reasons) for g in deps.groups]
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgecomp.errors import EdgecompError
+from edgecomp.errors import EdgecompError, first_line
 from edgecomp.graph import ModelGraph, count_macs
 
 __all__ = ["Dependencies", "Group", "Layout", "Seg", "WEIGHT_ROLES", "SIZE_KEYS", "planned_macs", "rebuild"]
@@ -41,9 +40,8 @@ _MERGE = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 _PASS = {"Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
          "SpatialDropout3D", "GaussianDropout", "GaussianNoise", "AlphaDropout", "ActivityRegularization",
          "Identity", "RepeatVector", "BatchNormalization", "PReLU", "Reshape"}
-for _d in ("1D", "2D", "3D"):
-    _PASS |= {f"{p}{_d}" for p in ("MaxPooling", "AveragePooling", "GlobalAveragePooling", "GlobalMaxPooling",
-                                   "ZeroPadding", "UpSampling", "Cropping")}
+_PASS |= {f"{p}{d}D" for d in (1, 2, 3) for p in ("MaxPooling", "AveragePooling", "GlobalAveragePooling",
+                                                   "GlobalMaxPooling", "ZeroPadding", "UpSampling", "Cropping")}
 
 _KERNEL = {"kernel": {-2: "in", -1: "out"}, "bias": {0: "out"}}
 #: Per layer class: {weight name: {axis: role}}; a role names the layout ("in", "out", "mid") it follows.
@@ -59,6 +57,11 @@ WEIGHT_ROLES: dict[str, dict[str, dict[int, str]]] = {
 }
 #: The config key that holds a producer's output channel count.
 SIZE_KEYS = {**{k: "filters" for k in _CONV + _TRANSPOSE + _SEPARABLE}, "Dense": "units", "Embedding": "output_dim"}
+
+
+def _last(tensor) -> int | None:
+    """The size of a tensor's last axis, which every :class:`Layout` describes."""
+    return tensor.shape[-1] if tensor.rank >= 2 else None
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,7 @@ class Dependencies:
         graph: its :class:`ModelGraph`, if already built.
 
     Example:
-        >>> deps = Dependencies(model)
-        >>> [g.name for g in deps.kept_whole]       # e.g. ['predictions'] (a model output)
+        >>> [g.name for g in Dependencies(model).kept_whole]       # e.g. ['predictions'] (an output)
     """
 
     def __init__(self, model, graph: ModelGraph | None = None):
@@ -159,7 +161,8 @@ class Dependencies:
         if a != b:
             self._parent[b] = a
             self._reasons.setdefault(a, []).extend(self._reasons.pop(b, []))
-            self._producers.setdefault(a, []).extend(self._producers.pop(b, []))
+            if b in self._producers:
+                self._producers.setdefault(a, []).extend(self._producers.pop(b))
 
     def _block(self, layout: Layout | None, reason: str) -> None:
         for seg in layout.segs if layout else ():
@@ -179,13 +182,11 @@ class Dependencies:
     # --- the walk -----------------------------------------------------------------------------
 
     def _opaque(self, node) -> list:
-        return [self._new(t.channels) for t in node.outputs]
+        return [self._new(_last(t)) for t in node.outputs]
 
     def _stop(self, node, ins, reason: str) -> list:
-        for lay in ins:
-            self._block(lay, reason)
-        outs = self._opaque(node)
-        for lay in outs:  # the spaces of an unmapped layer's outputs have no producer; say why anyway
+        outs = self._opaque(node)  # new spaces without a producer, blocked (an Add may join them later)
+        for lay in (*ins, *outs):
             self._block(lay, reason)
         return outs
 
@@ -193,23 +194,24 @@ class Dependencies:
         layer, kind, path = node.layer, node.kind, node.path
         self.kinds[path] = kind
         if node.is_input:
-            outs = self._opaque(node)
-            for lay in outs:
-                self._block(lay, f"tied to the model input '{path}'")
-            return outs
+            return self._stop(node, [], f"tied to the model input '{path}'")
         if node.scope:
             return self._stop(node, ins, f"inside nested model '{node.scope[0]}' (nested models are kept whole)")
         if getattr(layer, "data_format", "channels_last") == "channels_first":
+            if kind in _PRODUCERS:  # its filters are a group, kept whole
+                record = self._new(node.outputs[0].channels)
+                self._producers[record.segs[0].space] = [path]
+                ins = [*ins, record]
             return self._stop(node, ins, f"'{path}' is channels_first")
         lay = ins[0] if len(ins) == 1 else None
-        out_ch = node.outputs[0].channels if len(node.outputs) == 1 else None
+        out_ch = _last(node.outputs[0]) if len(node.outputs) == 1 else None
         act = getattr(getattr(layer, "activation", None), "__name__", "")
         if kind in _PRODUCERS and len(ins) == 1:
             return [self._producer(node, lay, act)]
         if kind in _DEPTHWISE and lay is not None:
             return [self._weighted(path, lay, lay.scaled(int(layer.depth_multiplier)))]
         if kind in _MERGE:
-            keep = [(lo, t) for lo, t in zip(ins, node.inputs) if not (t.channels == 1 and out_ch != 1)]
+            keep = [(lo, t) for lo, t in zip(ins, node.inputs) if not (_last(t) == 1 and out_ch != 1)]
             if any(lo is None for lo, _ in keep) or not keep:
                 return self._stop(node, ins, f"'{path}' has inputs without a channel axis")
             base = keep[0][0]
@@ -240,8 +242,10 @@ class Dependencies:
                     self.roles[path] = {"in": lay, "out": lay}
                 return [lay]
         if kind == "Reshape":
+            dots = [c.path for t in node.outputs for c, _ in t.consumers if c.kind == "Dot"]
+            into = f", the matrix of Dot '{dots[0]}' (a learned transform)" if dots else ""
             shapes = f"{node.inputs[0].shape[1:]} -> {node.outputs[0].shape[1:]}"
-            return self._stop(node, ins, f"reshaped by '{path}' ({shapes})")
+            return self._stop(node, ins, f"reshaped by '{path}' ({shapes}){into}")
         return self._stop(node, ins, f"read by '{path}' ({kind}), which structured pruning cannot map")
 
     def _producer(self, node, lay: Layout | None, act: str) -> Layout | None:
@@ -363,7 +367,7 @@ def rebuild(model, deps: Dependencies, kept: dict[int, np.ndarray]):
     width = {t.index: len(deps.indices(deps.layouts[t.index], kept)) for t in deps.graph.tensors
              if deps.layouts.get(t.index) is not None}
     touched = {n.path for n in deps.graph.layer_nodes()
-               if any(width.get(t.index, t.channels) != t.channels for t in (*n.inputs, *n.outputs))}
+               if any(width.get(t.index, _last(t)) != _last(t) for t in (*n.inputs, *n.outputs))}
     config = model.get_config()
     for entry in config["layers"]:
         name, cfg = entry["config"]["name"], entry["config"]
@@ -378,7 +382,7 @@ def rebuild(model, deps: Dependencies, kept: dict[int, np.ndarray]):
     try:
         new = (keras.Sequential if isinstance(model, keras.Sequential) else keras.Model).from_config(config)
     except Exception as exc:  # Keras raises many types for a config it cannot rebuild
-        raise EdgecompError(f"cannot rebuild '{model.name}' with fewer channels: {str(exc).splitlines()[0]}",
+        raise EdgecompError(f"cannot rebuild '{model.name}' with fewer channels: {first_line(exc)}",
                             fix="prune a plain functional or Sequential model") from None
     for layer in model.layers:
         target = new.get_layer(layer.name)

@@ -45,12 +45,12 @@ def zeroed(model, deps, kept):
     return clone
 
 
-def check_exact(model, keep=0.5, **options):
+def check_exact(model, keep=0.5, x=None, **options):
     """Prune, then compare the smaller model with the zeroed original on random inputs."""
     small, report = prune_channels(model, keep=keep, **options)
     deps = Dependencies(model)
     kept = {g.id: np.asarray(r["kept"]) for g, r in zip(deps.prunable, report.groups)}
-    x = RNG.normal(size=(2,) + tuple(model.inputs[0].shape[1:])).astype("float32")
+    x = RNG.normal(size=(2,) + tuple(model.inputs[0].shape[1:])).astype("float32") if x is None else x
     want = np.asarray(zeroed(model, deps, kept)(x, training=False))
     np.testing.assert_allclose(np.asarray(small(x, training=False)), want, atol=1e-5)
     return small, report, deps
@@ -177,6 +177,22 @@ def test_conv_transpose_and_conv1d_and_conv3d():
     vol = keras.Sequential([keras.Input((4, 4, 4, 1)), layers.Conv3D(4, 3, padding="same", name="c"),
                             layers.BatchNormalization(name="bn"), layers.Conv3D(2, 1, name="head")])
     check_exact(randomize(vol))
+
+
+def test_embedding_prelu_batchnorm_on_flattened_rows_and_a_shared_layer():
+    i = keras.Input((6,), dtype="int32")
+    h = layers.Conv1D(6, 3, name="c")(layers.Embedding(20, 8, name="emb")(i))
+    h = layers.BatchNormalization(name="bn")(layers.Flatten(name="flat")(layers.PReLU(name="prelu")(h)))
+    model = randomize(keras.Model(i, layers.Dense(3, name="out")(h)))
+    small, _, deps = check_exact(model, x=RNG.integers(0, 20, (2, 6)))
+    assert members(group(deps, "c")) == ["bn:out", "c:out", "out:in", "prelu:out"]
+    assert members(group(deps, "emb")) == ["c:in", "emb:out"]
+    assert small.get_layer("emb").output_dim == 4 and small.get_layer("bn").gamma.shape == (12,)   # 4 rows x 3
+    a, b = keras.Input((5, 5, 2)), keras.Input((5, 5, 2))
+    shared = layers.Conv2D(6, 3, name="shared")
+    y = layers.Conv2D(2, 1, name="head")(layers.Add(name="add")([shared(a), shared(b)]))
+    small, report = prune_channels(randomize(keras.Model([a, b], y)))
+    assert report.groups[0]["producers"] == ["shared"] and small.get_layer("shared").filters == 3
 
 
 def test_pointnet_transforms_and_unmapped_layers_are_kept_whole_with_reasons():
