@@ -31,15 +31,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def _batchnorms(model):
-    """Top-level BatchNormalization layers with a gain and an offset, one inbound node, channels last."""
+def _batchnorms(model, graph=None):
+    """Top-level BatchNormalization layers with a gain and an offset, one call, channels last."""
     import keras
 
+    from edgecomp.graph import ModelGraph
+
+    graph = graph or ModelGraph(model, expand_nested=False)
     found = []
-    for layer in model.layers:
+    for node in graph.layer_nodes():
+        layer = node.layer
         if not isinstance(layer, keras.layers.BatchNormalization) or not (layer.scale and layer.center):
             continue
-        if len(getattr(layer, "_inbound_nodes", [])) != 1 or layer.axis not in (-1, len(layer.input.shape) - 1):
+        if len(graph.calls(node.path)) != 1 or layer.axis not in (-1, node.inputs[0].rank - 1):
             continue
         found.append(layer)
     return found
@@ -97,16 +101,19 @@ def relu_batchnorm_pairs(model):
     consumer is the BN (and whose output is not also a model output)."""
     import keras
 
+    from edgecomp.graph import ModelGraph
+
     linear = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Dense)
-    outputs = {id(t) for t in model.outputs}
+    graph = ModelGraph(model, expand_nested=False)
     pairs = []
-    for bn in _batchnorms(model):
-        parents = bn._inbound_nodes[0].parent_nodes
-        src = parents[0].operation if len(parents) == 1 else None
-        if (isinstance(src, linear) and src.use_bias and getattr(src, "activation", None) is keras.activations.relu
-                and len(src._inbound_nodes) == 1 and len(src._outbound_nodes) == 1
-                and id(src.output) not in outputs):
-            pairs.append((src, bn))
+    for bn in _batchnorms(model, graph):
+        parents = graph.producers_of(graph.node(bn.name))
+        src = parents[0] if len(parents) == 1 else None
+        if (src is not None and isinstance(src.layer, linear) and src.layer.use_bias
+                and getattr(src.layer, "activation", None) is keras.activations.relu
+                and len(graph.calls(src.path)) == 1 and sum(len(t.consumers) for t in src.outputs) == 1
+                and not graph.feeds_output(src)):
+            pairs.append((src.layer, bn))
     return pairs
 
 
