@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecomp import codec
-from edgecomp.errors import ContainerError, EdgecompError
+from edgecomp.errors import ContainerError, EdgecompError, first_line
 from edgecomp.io import write_bytes
 
 FORMAT_NAME = "edgecomp.ecz"
@@ -74,7 +74,7 @@ def decode_model(data: bytes):
     try:
         model = keras.saving.deserialize_keras_object(meta["keras_config"], safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad config
-        raise ContainerError(f"cannot rebuild the model from the container: {str(exc).splitlines()[0]}",
+        raise ContainerError(f"cannot rebuild the model from the container: {first_line(exc)}",
                              fix="decode it with the edgecomp and Keras versions that wrote it") from None
     by_path = {v.path: v for v in model.weights}
     if set(by_path) != set(weights):

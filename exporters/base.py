@@ -24,8 +24,7 @@ import numpy as np
 from edgecomp import io
 from edgecomp.errors import EdgecompError
 
-#: Variants each registered format supports, e.g. ``{"tflite": ("fp32", "int8", ...)}``.
-VARIANTS: dict[str, tuple[str, ...]] = {}
+from .variants import SUFFIXES, VARIANTS, Variant
 
 
 @dataclass
@@ -62,15 +61,16 @@ class Artifact:
 class Exporter(Protocol):
     """What a format module registers with :func:`register`.
 
-    ``convert`` returns the file's bytes; ``describe`` reads those bytes back and
-    returns ``(ops, needs)``.
+    ``variants`` are the names it offers; ``convert`` gets one of them as a
+    :class:`~exporters.variants.Variant` and returns the file's bytes; ``describe``
+    reads those bytes back and returns ``(ops, needs)``.
     """
 
     format: str
     suffix: str
     variants: tuple[str, ...]
 
-    def convert(self, model, variant: str, calibration: np.ndarray | None) -> bytes: ...
+    def convert(self, model, variant: Variant, calibration: np.ndarray | None) -> bytes: ...
 
     def describe(self, data: bytes) -> tuple[list[str], dict]: ...
 
@@ -82,18 +82,18 @@ def register(exporter: Exporter) -> Exporter:
     """Add ``exporter`` under its ``format`` name (a later one replaces an earlier)."""
     _REGISTRY[exporter.format] = exporter
     VARIANTS[exporter.format] = tuple(exporter.variants)
+    SUFFIXES[exporter.format] = exporter.suffix
     return exporter
 
 
-def get_exporter(fmt: str, variant: str | None = None) -> Exporter:
+def get_exporter(fmt: str, variant: str | Variant | None = None) -> Exporter:
     """The exporter for ``fmt``; a one-line EdgecompError for unknown formats/variants."""
+    if variant is not None:
+        Variant.parse(fmt, variant)
     exporter = _REGISTRY.get(fmt)
     if exporter is None:
         raise EdgecompError(f"unknown export format '{fmt}'",
                             fix=f"use one of: {', '.join(sorted(_REGISTRY))}")
-    if variant is not None and variant not in exporter.variants:
-        raise EdgecompError(f"format '{fmt}' has no variant '{variant}'",
-                            fix=f"use one of: {', '.join(exporter.variants)}")
     return exporter
 
 
@@ -102,21 +102,21 @@ def gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
-def build_artifact(exporter: Exporter, variant: str, path: Path, data: bytes) -> Artifact:
+def build_artifact(exporter: Exporter, variant: str | Variant, path: Path, data: bytes) -> Artifact:
     """Describe ``data`` (to be written, or already written, at ``path``) as an :class:`Artifact`."""
     ops, needs = exporter.describe(data)
-    return Artifact(path=Path(path), format=exporter.format, variant=variant, bytes=len(data),
+    return Artifact(path=Path(path), format=exporter.format, variant=str(variant), bytes=len(data),
                     gzip_bytes=gzip_size(data), ops=ops, needs=needs, parity=None)
 
 
-def check_calibration(model, calibration, fmt: str, variant: str) -> np.ndarray:
+def check_calibration(model, calibration, variant: Variant) -> np.ndarray:
     """``calibration`` as float32 ``(N, *input shape)``, or a one-line EdgecompError.
 
     Example:
-        >>> x = check_calibration(model, x_train[:200], "onnx", "int8")
+        >>> x = check_calibration(model, x_train[:200], Variant.parse("onnx", "int8"))
     """
     if calibration is None:
-        raise EdgecompError(f"the {fmt} {variant} variant needs calibration data",
+        raise EdgecompError(f"the {variant.format} {variant.name} variant needs calibration data",
                             fix="pass calibration= a float32 array of ~200 training inputs")
     x = np.asarray(calibration, dtype=np.float32)
     want = tuple(model.inputs[0].shape[1:])
@@ -128,27 +128,23 @@ def check_calibration(model, calibration, fmt: str, variant: str) -> np.ndarray:
     return x
 
 
-def is_calibrated(variant: str) -> bool:
-    """Whether ``variant`` quantizes activations from calibration data (``int8*``, ``int16x8``)."""
-    return variant.startswith(("int8", "int16x8"))
-
-
-def convert_to_bytes(model, fmt: str, variant: str,
+def convert_to_bytes(model, fmt: str, variant: str | Variant,
                      calibration: np.ndarray | None = None) -> tuple[Exporter, bytes]:
     """Convert without writing; returns the exporter used and the file's bytes.
 
     Calibrated variants (``int8*``, ``int16x8``) convert a copy with constant BatchNorm channels
     settled and ReLU -> BatchNorm channel ranges equalized (:mod:`exporters.prepare` says why).
     """
-    exporter = get_exporter(fmt, variant)
-    if is_calibrated(variant) and calibration is not None:
+    variant = Variant.parse(fmt, variant)
+    exporter = get_exporter(fmt)
+    if variant.calibrated and calibration is not None:
         from .prepare import equalize_relu_batchnorm, settle_constant_channels
-        x = check_calibration(model, calibration, fmt, variant)
+        x = check_calibration(model, calibration, variant)
         model = equalize_relu_batchnorm(settle_constant_channels(model, x), x)
     return exporter, exporter.convert(model, variant, calibration)
 
 
-def export(model, fmt: str, variant: str, out_path: str | os.PathLike,
+def export(model, fmt: str, variant: str | Variant, out_path: str | os.PathLike,
            calibration: np.ndarray | None = None) -> Artifact:
     """Convert ``model`` to ``fmt``/``variant`` and write it atomically to ``out_path``.
 

@@ -40,9 +40,10 @@ import tempfile
 
 import numpy as np
 
-from edgecomp.errors import EdgecompError
+from edgecomp.errors import EdgecompError, first_line
 
 from . import base, probe
+from .variants import Variant
 
 #: The ONNX opset every file is converted to (ONNX Runtime 1.32 runs 7..23); ``int16x8``
 #: files end at 21, where ONNX Runtime's quantizer moves them for int16 QuantizeLinear.
@@ -100,7 +101,7 @@ def _input_signature(model):
     return specs
 
 
-def _tf2onnx(model, variant: str):
+def _tf2onnx(model, variant: Variant):
     import tensorflow as tf
     import tf2onnx
 
@@ -120,8 +121,7 @@ def _tf2onnx(model, variant: str):
         with _quiet_tf2onnx():
             proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
-        text = str(exc).strip().splitlines()
-        raise EdgecompError(f"ONNX conversion ({variant}) failed: {text[0] if text else type(exc).__name__}",
+        raise EdgecompError(f"ONNX conversion ({variant}) failed: {first_line(exc)}",
                             fix="check that the model uses ops tf2onnx supports") from None
     return proto
 
@@ -159,7 +159,7 @@ class ArrayCalibrationReader:
         return -(-len(self.x) // self.batch)
 
 
-def _quantize(proto, variant: str, calibration):
+def _quantize(proto, variant: Variant, calibration):
     """The QDQ (``int8``, ``int16x8``) or dynamic (``dynamic``) quantization of ``proto``, after ORT's pre-processing."""
     import onnx
     from onnxruntime import quantization as q
@@ -172,7 +172,7 @@ def _quantize(proto, variant: str, calibration):
         # does not depend on. Our models have a dynamic batch dim only, which ONNX's
         # own shape inference (still run) propagates, so it is skipped.
         quant_pre_process(fp32, pre, skip_symbolic_shape=True)
-        if base.is_calibrated(variant):
+        if variant.calibrated:
             # reduce_range (7-bit weights): onnxruntime 1.32 on x86 CPUs without
             # VNNI (AVX2 only, like the measuring machine) computes QDQ Conv/MatMul
             # with 8-bit integer kernels whose pairwise int16 sums saturate with
@@ -185,7 +185,7 @@ def _quantize(proto, variant: str, calibration):
             # 21; onnxruntime 1.32's quantize_static converts the graph to it (standard ops,
             # no com.microsoft domain). No 8-bit integer kernel runs those Q/DQ pairs, so
             # full-range weights are safe (no reduce_range).
-            wide = variant == "int16x8"
+            wide = variant.precision == "int16x8"
             with _quiet_opset_notice():
                 q.quantize_static(pre, out, ArrayCalibrationReader(proto.graph.input[0].name, calibration),
                                   quant_format=q.QuantFormat.QDQ, per_channel=True, reduce_range=not wide,
@@ -236,7 +236,7 @@ def sparsify_initializers(proto, min_rank: int = SPARSE_MIN_RANK) -> list[dict]:
     return rows
 
 
-def _check(proto, variant: str) -> None:
+def _check(proto, variant: Variant) -> None:
     """``onnx.checker`` on ``proto``: the full check, or for sparse files the structural one.
 
     onnx 1.23: ``full_check=True`` runs strict shape inference, which types a
@@ -251,27 +251,25 @@ def _check(proto, variant: str) -> None:
     try:
         onnx.checker.check_model(proto, full_check=not len(proto.graph.sparse_initializer))
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise EdgecompError(f"the {variant} ONNX model is invalid: {str(exc).strip().splitlines()[0]}",
+        raise EdgecompError(f"the {variant} ONNX model is invalid: {first_line(exc)}",
                             fix="report the model; try another opset or variant") from None
 
 
-def _convert(model, variant: str, calibration=None) -> bytes:
-    precision, sparse = variant.removesuffix("-sparse"), variant.endswith("-sparse")
-    if base.is_calibrated(precision):
-        calibration = base.check_calibration(model, calibration, "onnx", variant)
+def _convert(model, variant: Variant, calibration=None) -> bytes:
+    if variant.calibrated:
+        calibration = base.check_calibration(model, calibration, variant)
     proto = _tf2onnx(model, variant)
     _check(proto, variant)
-    if precision != "fp32":
+    if variant.precision != "fp32":
         try:
-            proto = _quantize(proto, precision, calibration)
+            proto = _quantize(proto, variant, calibration)
         except EdgecompError:
             raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many types
-            text = str(exc).strip().splitlines()
-            raise EdgecompError(f"ONNX {variant} quantization failed: {text[0] if text else type(exc).__name__}",
+            raise EdgecompError(f"ONNX {variant} quantization failed: {first_line(exc)}",
                                 fix="try the fp32 or dynamic variant") from None
         _check(proto, variant)
-    if sparse:
+    if variant.sparse:
         sparsify_initializers(proto)
         _check(proto, variant)
     return proto.SerializeToString()
@@ -349,8 +347,8 @@ class OnnxExporter:
     suffix = ".onnx"
     variants = VARIANTS
 
-    def convert(self, model, variant: str, calibration=None) -> bytes:
-        return _convert(model, variant, calibration)
+    def convert(self, model, variant: Variant, calibration=None) -> bytes:
+        return _convert(model, Variant.parse(self.format, variant), calibration)
 
     def describe(self, data: bytes) -> tuple[list[str], dict]:
         ops, needs = read_onnx(data)

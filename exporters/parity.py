@@ -27,30 +27,37 @@ import numpy as np
 
 from edgecomp import io
 from edgecomp.errors import EdgecompError
-
-from runtime_bench.metrics import parity_figures, predicted_classes
+from edgecomp.metrics import parity_figures, predicted_classes
+from edgecomp.train import predict
 
 from .base import Artifact, export, get_exporter
+from .variants import Variant, split_name
 
 #: Figures that must stay at or below their threshold; every other figure must stay at or above.
 UPPER_BOUNDED = frozenset({"max_abs_diff", "mean_abs_diff"})
 FIGURES = ("max_abs_diff", "mean_abs_diff", "top1_agreement",
            "accuracy_keras", "accuracy_artifact", "accuracy_delta")
 
-#: Default thresholds per variant (the same name means the same precision in every
-#: format). Override per call with ``thresholds={figure: limit}`` (``None`` drops a
-#: check), or change this dict for the whole process. ``-sparse`` variants store the
-#: same weights, so they get their dense variant's limits.
+#: Default thresholds per precision (a variant name means the same precision in every
+#: format; a ``-sparse`` variant stores the same weights, so it gets its dense variant's
+#: limits). Override per call with ``thresholds={figure: limit}`` (``None`` drops a
+#: check), or change this dict for the whole process.
 _FP32 = {"max_abs_diff": 1e-4, "top1_agreement": 1.0}
 _FP16 = {"max_abs_diff": 1e-2, "top1_agreement": 0.99}
 _INT8 = {"top1_agreement": 0.99, "accuracy_delta": -0.005}
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
-    name + sparse: dict(limits)
-    for name, limits in (("fp32", _FP32), ("fp16", _FP16), ("dynamic", _INT8), ("int8", _INT8),
-                         ("int8-floatio", _INT8))
-    for sparse in ("", "-sparse")
+    precision: dict(limits)
+    for precision, limits in (("fp32", _FP32), ("fp16", _FP16), ("dynamic", _INT8), ("int8", _INT8),
+                              ("int8-floatio", _INT8), ("int16x8", _INT8))
 }
-DEFAULT_THRESHOLDS["int16x8"] = dict(_INT8)   # no -sparse form
+
+
+def default_thresholds(variant: str | Variant | None) -> dict[str, float]:
+    """The :data:`DEFAULT_THRESHOLDS` of ``variant``'s precision (``{}`` for None or an unknown name)."""
+    if variant is None:
+        return {}
+    precision = variant.precision if isinstance(variant, Variant) else split_name(variant)[0]
+    return dict(DEFAULT_THRESHOLDS.get(precision, {}))
 
 
 class ParityError(EdgecompError):
@@ -64,12 +71,6 @@ class ParityError(EdgecompError):
         self.figures = figures or {}
 
 
-def _keras_predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    outs = [np.asarray(model(x[i:i + batch_size], training=False), dtype=np.float32)
-            for i in range(0, len(x), batch_size)]
-    return np.concatenate(outs, axis=0)
-
-
 def _labels(y, like: np.ndarray, out_shape: tuple) -> np.ndarray:
     y = np.asarray(y)
     if y.shape == out_shape and out_shape[-1] > 1:  # one-hot
@@ -81,8 +82,8 @@ def _labels(y, like: np.ndarray, out_shape: tuple) -> np.ndarray:
                             fix="pass int class indices, one per sample") from None
 
 
-def _thresholds_for(variant: str | None, overrides: dict | None) -> dict[str, float]:
-    merged = dict(DEFAULT_THRESHOLDS.get(variant or "", {}))
+def _thresholds_for(variant: str | Variant | None, overrides: dict | None) -> dict[str, float]:
+    merged = default_thresholds(variant)
     for key, limit in (overrides or {}).items():
         if key not in FIGURES:
             raise EdgecompError(f"unknown parity figure '{key}'", fix=f"use one of: {', '.join(FIGURES)}")
@@ -109,7 +110,7 @@ def _failures(figures: dict, thresholds: dict, label: str) -> list[str]:
 
 
 def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.ndarray, y=None,
-                 thresholds: dict | None = None, variant: str | None = None,
+                 thresholds: dict | None = None, variant: str | Variant | None = None,
                  **runner_options) -> dict:
     """Compare ``model`` and an exported file on the float inputs ``x``.
 
@@ -142,8 +143,9 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
     if len(x) == 0:
         raise EdgecompError("parity check needs at least one input", fix="pass check_x with some test inputs")
     limits = _thresholds_for(variant, thresholds)
+    variant = None if variant is None else str(variant)
 
-    ref = _keras_predict(model, x)
+    ref = predict(model, x)
     got = open_runner(path, threads=1, **runner_options).predict(x)
     label = f"{variant or path.name} parity"
     if got.shape != ref.shape:
@@ -151,7 +153,7 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
                    "failures": [f"{label}: output shape {got.shape} != Keras {ref.shape}"]}
         return figures
 
-    # One home for the figures: the bench reports the same ones (runtime_bench.metrics).
+    # One home for the figures: the bench reports the same ones (edgecomp.metrics).
     pred_ref, pred_got = predicted_classes(ref), predicted_classes(got)
     figures: dict = {"variant": variant, "n": int(len(x)), **parity_figures(got, ref)}
     if y is not None:
@@ -165,7 +167,7 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
     return figures
 
 
-def export_and_check(model, fmt: str, variant: str, out_path: str | os.PathLike,
+def export_and_check(model, fmt: str, variant: str | Variant, out_path: str | os.PathLike,
                      calibration: np.ndarray | None = None, check_x: np.ndarray | None = None,
                      check_y=None, thresholds: dict | None = None) -> Artifact:
     """Export, check parity on ``check_x``/``check_y``, and only then publish at ``out_path``.
@@ -181,7 +183,8 @@ def export_and_check(model, fmt: str, variant: str, out_path: str | os.PathLike,
         >>> art.parity["passed"], art.path.name
         (True, 'm.onnx')
     """
-    exporter = get_exporter(fmt, variant)
+    variant = Variant.parse(fmt, variant)
+    exporter = get_exporter(fmt)
     out_path = Path(out_path)
     if out_path.suffix.lower() != exporter.suffix:
         raise EdgecompError(f"{out_path.name}: a {fmt} file must end in {exporter.suffix}",

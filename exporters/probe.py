@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from edgecomp.errors import first_line
+from edgecomp.subproc import run_module
 
 #: Seconds one load attempt may take before it counts as failed.
 TIMEOUT_S = 120.0
@@ -56,29 +54,21 @@ def probe(path: str | os.PathLike, setting: dict, timeout_s: float = TIMEOUT_S) 
         >>> status, out.shape
         ('ok', (8, 10))
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(_PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = [sys.executable, "-m", "exporters.probe", str(path)] + [f"{k}={v}" for k, v in setting.items()]
-    try:
-        proc = subprocess.run(args, capture_output=True, env=env, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
+    args = [str(path)] + [f"{k}={v}" for k, v in setting.items()]
+    run = run_module("exporters.probe", args, timeout_s=timeout_s)
+    if run.timed_out:
         return f"timed out after {timeout_s:g} s", None
-    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
-    if proc.returncode == 0 and lines:
+    reply = run.json_line()
+    if reply is not None:
         try:
-            reply = json.loads(lines[-1])
             out = reply.get("output")
             return str(reply["result"]), None if out is None else np.asarray(out, dtype=np.float64)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError):
             pass
-    if proc.returncode < 0:
-        try:
-            return f"crashed ({signal.Signals(-proc.returncode).name})", None
-        except ValueError:
-            return f"crashed (signal {-proc.returncode})", None
-    err = [ln.strip() for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-    return f"exited with code {proc.returncode}" + (f": {err[-1][:200]}" if err else ""), None
+    if run.signal_name:
+        return f"crashed ({run.signal_name})", None
+    err = run.last_line("stderr")
+    return f"exited with code {run.returncode}" + (f": {err[:200]}" if err else ""), None
 
 
 def _difference(out: np.ndarray, ref: np.ndarray) -> float:
@@ -154,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result, output = _run(argv[0], setting)
     except Exception as exc:  # noqa: BLE001 - any failure to load is the answer
-        text = str(exc).strip().splitlines()
-        result = (text[0] if text else type(exc).__name__)[:300]
+        result = first_line(exc)[:300]
     print(json.dumps({"result": result, "output": output}))
     return 0
 

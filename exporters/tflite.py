@@ -46,35 +46,39 @@ import warnings
 
 import numpy as np
 
-from edgecomp.errors import EdgecompError
+from edgecomp.errors import EdgecompError, first_line
 
 from . import base, probe
+from .variants import Variant
 
-#: Precision -> converter settings: optimize (Optimize.DEFAULT), float16 weights,
-#: calibrate (representative dataset, int8 builtins only), int8_io (int8 input/output).
+#: Precision -> converter settings: optimize (Optimize.DEFAULT), float16 weights, int8_io
+#: (int8 input/output). Calibrated precisions (``Variant.calibrated``) also get a
+#: representative dataset and integer builtins only.
 _PRECISIONS: dict[str, dict] = {
     "fp32": {},
     "fp16": {"optimize": True, "float16": True},
     "dynamic": {"optimize": True},
-    "int8": {"optimize": True, "calibrate": True, "int8_io": True},
-    "int8-floatio": {"optimize": True, "calibrate": True},
+    "int8": {"optimize": True, "int8_io": True},
+    "int8-floatio": {"optimize": True},
 }
 
-#: Variant name -> converter settings (``sparse``: Optimize.EXPERIMENTAL_SPARSITY;
-#: ``int16_activations``: the 16x8 op set instead of the int8 one).
-_SETTINGS: dict[str, dict] = {
-    **_PRECISIONS,
-    **{f"{name}-sparse": {**s, "sparse": True} for name, s in _PRECISIONS.items()},
-    "int16x8": {"optimize": True, "calibrate": True, "int16_activations": True},
+#: Precisions without a ``-sparse`` form (``int16_activations``: the 16x8 op set instead of
+#: the int8 one).
+_DENSE_ONLY: dict[str, dict] = {
+    "int16x8": {"optimize": True, "int16_activations": True},
 }
+
+#: The variant names offered: each precision, its ``-sparse`` form
+#: (Optimize.EXPERIMENTAL_SPARSITY), and the dense-only ones.
+VARIANTS = tuple(_PRECISIONS) + tuple(f"{name}-sparse" for name in _PRECISIONS) + tuple(_DENSE_ONLY)
 
 #: LiteRT op resolvers tried at export, in order (runtime_bench.runners names).
 RESOLVERS = ("default", "builtin")
 
 
-def _calibration_feed(model, calibration, variant: str):
+def _calibration_feed(model, calibration, variant: Variant):
     """A representative-dataset generator: each calibration sample as a batch of one."""
-    x = base.check_calibration(model, calibration, "tflite", variant)
+    x = base.check_calibration(model, calibration, variant)
 
     def feed():
         for i in range(len(x)):
@@ -83,19 +87,19 @@ def _calibration_feed(model, calibration, variant: str):
     return feed
 
 
-def _configure(converter, variant: str, model, calibration) -> None:
+def _configure(converter, variant: Variant, model, calibration) -> None:
     import tensorflow as tf
 
-    s = _SETTINGS[variant]
+    s = {**_PRECISIONS, **_DENSE_ONLY}[variant.precision]
     optimizations = []
     if s.get("optimize"):
         optimizations.append(tf.lite.Optimize.DEFAULT)
-    if s.get("sparse"):
+    if variant.sparse:
         optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
     converter.optimizations = optimizations
     if s.get("float16"):
         converter.target_spec.supported_types = [tf.float16]
-    if s.get("calibrate"):
+    if variant.calibrated:
         converter.representative_dataset = _calibration_feed(model, calibration, variant)
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
@@ -128,7 +132,7 @@ def _run(converter) -> bytes:
         return bytes(converter.convert())
 
 
-def _convert(model, variant: str, calibration) -> bytes:
+def _convert(model, variant: Variant, calibration) -> bytes:
     import tensorflow as tf
 
     # TF 2.21 + Keras 3.15: from_keras_model works on Keras 3 models (it
@@ -151,14 +155,9 @@ def _convert(model, variant: str, calibration) -> bytes:
             raise
         except Exception as second:  # noqa: BLE001
             raise EdgecompError(
-                f"TFLite conversion ({variant}) failed: {_first_line(second)} "
-                f"(from_keras_model: {_first_line(first)})",
+                f"TFLite conversion ({variant}) failed: {first_line(second)} "
+                f"(from_keras_model: {first_line(first)})",
                 fix="check that the model uses TFLite builtin ops") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # -- reading a .tflite flatbuffer back -------------------------------------
@@ -346,11 +345,12 @@ class TFLiteExporter:
 
     format = "tflite"
     suffix = ".tflite"
-    variants = tuple(_SETTINGS)
+    variants = VARIANTS
 
-    def convert(self, model, variant: str, calibration=None) -> bytes:
+    def convert(self, model, variant: Variant, calibration=None) -> bytes:
+        variant = Variant.parse(self.format, variant)
         data = _convert(model, variant, calibration)
-        if _SETTINGS[variant].get("sparse"):
+        if variant.sparse:
             check_block_shapes(data)
         return data
 

@@ -9,12 +9,13 @@
 ``summarize`` turns latency samples (seconds) into mean/std/min/p5/median/p90/p95/p99/max in ms;
 ``TARGETS`` are the named profiles (threads, CPU pinning, delegate; ``android`` runs on a phone
 over adb); ``parse_benchmark_output`` reads a LiteRT ``benchmark_model`` log;
-``segmentation_metrics`` and ``parity_figures`` score outputs against labels or a reference.
+``segmentation_metrics`` and ``parity_figures`` (from :mod:`edgecomp.metrics`) score outputs
+against labels or a reference.
 """
 
+from edgecomp.metrics import parity_figures, segmentation_metrics
 from runtime_bench.adb import parse_benchmark_output
 from runtime_bench.bench import bench_file, bench_files
-from runtime_bench.metrics import parity_figures, segmentation_metrics
 from runtime_bench.report import write_report
 from runtime_bench.runners import open_runner
 from runtime_bench.stats import summarize

@@ -23,9 +23,6 @@ import gzip
 import json
 import os
 import platform
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,15 +30,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from edgecomp.errors import EdgecompError
+from edgecomp.errors import EdgecompError, one_line
+from edgecomp.metrics import TASKS, parity_figures, task_scores
+from edgecomp.subproc import run_module
 from runtime_bench.latency import measure_latency, peak_rss_mb
-from runtime_bench.metrics import accuracy, parity_figures, segmentation_metrics
 from runtime_bench.runners import format_of, open_runner, set_cpu_affinity
 from runtime_bench.targets import Target, get_target, plan
 
-__all__ = ["bench_file", "bench_files", "measure_here", "accuracy", "RECORD_KEYS", "TASKS"]
-
-TASKS = ("classification", "segmentation")
+__all__ = ["bench_file", "bench_files", "measure_here", "RECORD_KEYS", "TASKS"]
 
 #: Keys of every record, in the order reports show them.
 RECORD_KEYS = (
@@ -53,7 +49,6 @@ RECORD_KEYS = (
 )
 _MEASURED = (RECORD_KEYS[RECORD_KEYS.index("init_ms"):RECORD_KEYS.index("task")]
              + RECORD_KEYS[RECORD_KEYS.index("accuracy"):] + ("cpus", "device"))
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _LOCAL_DEVICE = f"local ({platform.machine() or 'unknown'})"
 
 
@@ -327,11 +322,8 @@ def measure_here(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None,
         task = settings.get("task")
         if (y is not None and task) or ref is not None:
             pred = runner.predict(x, batch_size=settings["eval_batch"])
-            if y is not None and task == "segmentation":
-                seg = segmentation_metrics(pred, y)
-                out.update(accuracy=seg["pixel_accuracy"], mean_iou=seg["mean_iou"], n_eval=int(len(y)))
-            elif y is not None and task:
-                out.update(accuracy=accuracy(pred, y), n_eval=int(len(y)))
+            if y is not None and task:
+                out.update(task_scores(pred, y, task), n_eval=int(len(y)))
             if ref is not None:
                 out.update(parity_figures(pred, ref))
     except Exception as exc:  # one bad model must not stop the others
@@ -348,15 +340,6 @@ def _latency_batch(x: np.ndarray, batch: int) -> np.ndarray:
     return np.array(rows, dtype=np.float32)
 
 
-def one_line(exc: BaseException) -> str:
-    """A short, single-line description of ``exc`` for a record's ``error`` field."""
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    if not isinstance(exc, EdgecompError):
-        first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return first if len(first) <= 300 else first[:297] + "..."
-
-
 # -- the isolated worker --------------------------------------------------------
 
 def _spawn_worker(spec: dict, folder: Path, timeout_s: float) -> tuple[Path, str | None]:
@@ -367,30 +350,17 @@ def _spawn_worker(spec: dict, folder: Path, timeout_s: float) -> tuple[Path, str
     spec = {k: v for k, v in spec.items() if k != "out_suffix"} | {"out": out_name}
     spec_file = folder / (Path(out_name).stem + ".spec.json")
     spec_file.write_text(json.dumps(spec))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(_PROJECT_ROOT)] +
-                                        ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        proc = subprocess.run([sys.executable, "-m", "runtime_bench.worker", str(spec_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                              timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return Path(out_name), f"worker timed out after {timeout_s:g} s"
+        run = run_module("runtime_bench.worker", [str(spec_file)], timeout_s=timeout_s, capture_stdout=False)
     finally:
         spec_file.unlink(missing_ok=True)
+    if run.timed_out:
+        return Path(out_name), f"worker timed out after {timeout_s:g} s"
     if Path(out_name).is_file():
         return Path(out_name), None
-    if proc.returncode < 0:
-        try:
-            how = f"killed by {signal.Signals(-proc.returncode).name}"
-        except ValueError:
-            how = f"killed by signal {-proc.returncode}"
-    else:
-        how = f"exited with code {proc.returncode}"
-    lines = [ln.strip() for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-    tail = f": {lines[-1][:250]}" if lines else ""
-    return Path(out_name), f"worker {how} without a result{tail}"
+    how = f"killed by {run.signal_name}" if run.signal_name else f"exited with code {run.returncode}"
+    err = run.last_line("stderr")
+    return Path(out_name), f"worker {how} without a result" + (f": {err[:250]}" if err else "")
 
 
 def _run_worker(path: Path, inputs: dict, settings: dict, timeout_s: float) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecomp.errors import EdgecompError
+from edgecomp.errors import EdgecompError, first_line
 
 FORMATS = {".tflite": "tflite", ".onnx": "onnx", ".keras": "keras", ".ecz": "ecz"}
 
@@ -128,10 +128,10 @@ class LiteRTRunner(Runner):
             # default XNNPACK delegate ("failed to delegate FULLY_CONNECTED"); they run on the
             # built-in kernels. Fall back, and say so in the runner's ``resolver``.
             if resolver == "auto" and "delegate" in str(exc).lower():
-                self.fallback = str(exc).splitlines()[0]
+                self.fallback = first_line(exc)
                 self.options["resolver"] = "builtin"
                 return self._load()
-            raise EdgecompError(f"LiteRT cannot load {self.path.name}: {str(exc).splitlines()[0]}",
+            raise EdgecompError(f"LiteRT cannot load {self.path.name}: {first_line(exc)}",
                                 fix="re-export the model, or try resolver='builtin'") from None
         self._in = self.interp.get_input_details()[0]
         self._out = self.interp.get_output_details()[0]
@@ -196,7 +196,7 @@ class OnnxRunner(Runner):
         try:
             self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise EdgecompError(f"ONNX Runtime cannot load {self.path.name}: {str(exc).splitlines()[0]}",
+            raise EdgecompError(f"ONNX Runtime cannot load {self.path.name}: {first_line(exc)}",
                                 fix="re-export the model") from None
         self._in = self.sess.get_inputs()[0]
         self._out = self.sess.get_outputs()[0].name

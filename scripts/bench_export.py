@@ -203,6 +203,7 @@ def _sparse_note(art) -> str:
 def export_all(models: dict, ds, args, out: Path) -> list[dict]:
     import exporters
     from edgecomp.errors import EdgecompError
+    from exporters.variants import parse_variants
 
     rows = []
     cy = ds.y_test[:args.parity_size]
@@ -211,9 +212,9 @@ def export_all(models: dict, ds, args, out: Path) -> list[dict]:
         cal = _inputs(models, name, ds.x_train[:args.calibration])
         cx = _inputs(models, name, ds.x_test[:args.parity_size])
         for fmt, variants in DEFAULT_PLAN.get(name, {}).items():
-            for variant in (exporters.VARIANTS[fmt] if variants == "all" else variants):
-                path = out / "files" / f"{name}_{variant}{'.tflite' if fmt == 'tflite' else '.onnx'}"
-                row = {"model": name, "format": fmt, "variant": variant, "file": str(path), "error": None}
+            for variant in parse_variants([fmt], exporters.VARIANTS[fmt] if variants == "all" else variants)[0]:
+                path = out / "files" / variant.filename(name)
+                row = {"model": name, "format": fmt, "variant": variant.name, "file": str(path), "error": None}
                 t0 = time.time()
                 try:
                     art = exporters.export_and_check(model, fmt, variant, path, calibration=cal,
@@ -347,11 +348,12 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 
 def checks(rows: list[dict]) -> dict:
     """The figures the issue asks for, computed from the rows."""
-    from exporters.base import is_calibrated
+    from exporters.variants import Variant
 
     ok = [r for r in rows if not r["error"] and not r.get("comparison")]
-    fp32 = [r for r in ok if r["variant"].startswith("fp32")]
-    int8 = [r for r in ok if is_calibrated(r["variant"]) or r["variant"].startswith("dynamic")]
+    kinds = [(r, Variant.parse(r["format"], r["variant"])) for r in ok]
+    fp32 = [r for r, v in kinds if v.precision == "fp32"]
+    int8 = [r for r, v in kinds if v.calibrated or v.precision == "dynamic"]
     res = {
         "fp32_all_exact": all(r["agreement"] == 1.0 and r["max_abs_diff"] <= 1e-4 for r in fp32),
         "int8_all_within": all(r["agreement"] >= 0.99 and r["accuracy_delta"] >= -0.005 for r in int8),

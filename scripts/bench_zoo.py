@@ -115,11 +115,10 @@ def mask_iou(got, ref) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def export_variants() -> list[tuple[str, str]]:
-    from exporters import VARIANTS
+def export_variants() -> list:
+    from exporters.variants import parse_variants
 
-    wanted = [("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8")]
-    return [(f, v) for f, v in wanted if v in VARIANTS.get(f, ())]
+    return parse_variants("tflite,onnx", "fp32,int8")[0]
 
 
 def run_model(name: str, args, out: Path) -> dict:
@@ -128,8 +127,11 @@ def run_model(name: str, args, out: Path) -> dict:
     from edgecomp import store, train
     from edgecomp.models import build_model
     from edgecomp.pipeline import compress
-    from edgecomp.zoo import evaluate, predict
+    from edgecomp.errors import first_line
+    from edgecomp.train import predict
+    from edgecomp.zoo import evaluate
     from exporters import VARIANTS, check_parity, export
+    from exporters.variants import Variant
     from runtime_bench import bench_files, open_runner
 
     start = time.time()
@@ -170,12 +172,12 @@ def run_model(name: str, args, out: Path) -> dict:
     ref = predict(decoded, x)
     artifacts = []
     queue = export_variants()
-    for fmt, variant in queue:
-        path = out / f"{name}_{variant}.{'tflite' if fmt == 'tflite' else 'onnx'}"
-        entry = {"format": fmt, "variant": variant, "file": path.name}
+    for variant in queue:
+        fmt, path = variant.format, out / variant.filename(name)
+        entry = {"format": fmt, "variant": variant.name, "file": path.name}
         try:
             art = export(decoded, fmt, variant, path, calibration=x_cal)
-            thresholds = {"top1_agreement": 0.999} if ds.task == "segmentation" and variant == "fp32" else None
+            thresholds = {"top1_agreement": 0.999} if ds.task == "segmentation" and variant.name == "fp32" else None
             figures = check_parity(decoded, art, x, y, thresholds=thresholds, variant=variant)
             entry.update({"bytes": art.bytes, "gzip_bytes": art.gzip_bytes,
                           "max_abs_diff": figures.get("max_abs_diff"),
@@ -185,14 +187,14 @@ def run_model(name: str, args, out: Path) -> dict:
             if ds.task == "segmentation":
                 options = {k: art.needs[k] for k in ("resolver", "optimization") if art.needs.get(k)}
                 entry["mask_iou"] = mask_iou(open_runner(path, threads=1, **options).predict(x), ref)
-                if variant == "fp32" and entry["mask_iou"] < 0.999:
+                if variant.name == "fp32" and entry["mask_iou"] < 0.999:
                     entry["passed"] = False
                     entry["failures"].append(f"fp32 mask IoU {entry['mask_iou']:.4f} < 0.999 required")
         except Exception as exc:  # an exporter bug or a converter refusal is one row, not the end of the run
-            entry.update({"passed": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+            entry.update({"passed": False, "error": f"{type(exc).__name__}: {first_line(exc, default='')}"})
         artifacts.append(entry)
-        if variant == "int8" and entry.get("failures") and "int16x8" in VARIANTS.get(fmt, ()):
-            queue.append((fmt, "int16x8"))         # int8 out of parity: try 16-bit activations too
+        if variant.name == "int8" and entry.get("failures") and "int16x8" in VARIANTS.get(fmt, ()):
+            queue.append(Variant.parse(fmt, "int16x8"))  # int8 out of parity: try 16-bit activations too
         state = "ok" if entry["passed"] else "FAILED " + "; ".join(entry.get("failures") or [entry.get("error", "")])
         print(f"[{name}] {fmt} {variant}: {entry.get('bytes', '-')} B, parity {state}", flush=True)
 

@@ -85,11 +85,11 @@ def test_required_variants_registered():
 
 
 def test_every_variant_has_thresholds():
-    from exporters.parity import DEFAULT_THRESHOLDS
+    from exporters.parity import default_thresholds
 
     for variants in VARIANTS.values():
         for v in variants:
-            limits = DEFAULT_THRESHOLDS[v]
+            limits = default_thresholds(v)
             assert limits["top1_agreement"] >= 0.99
             if v.startswith("fp32"):
                 assert limits == {"max_abs_diff": 1e-4, "top1_agreement": 1.0}

@@ -15,6 +15,9 @@ from exporters import check_parity, export  # noqa: E402
 from exporters.prepare import (constant_channels, equalize_relu_batchnorm, relu_batchnorm_pairs,  # noqa: E402
                                settle_constant_channels)
 from exporters.tflite import _convert  # noqa: E402
+from exporters.variants import Variant  # noqa: E402
+
+INT8 = Variant.parse("tflite", "int8")
 
 DEAD = 24  # of 48 hidden units
 
@@ -93,7 +96,7 @@ def test_int8_export_error_shrinks_when_dead_channels_are_settled(tmp_path):
     def max_err(data: bytes) -> float:
         return float(np.abs(_int8_outputs(data, x[:64]) - ref[:64]).max())
 
-    raw = max_err(_convert(model, "int8", x[:128]))
+    raw = max_err(_convert(model, INT8, x[:128]))
     art = export(model, "tflite", "int8", tmp_path / "m.tflite", calibration=x[:128])
     settled = max_err((tmp_path / "m.tflite").read_bytes())
     assert settled < raw / 2, (settled, raw)
@@ -181,7 +184,7 @@ def test_int8_export_error_shrinks_when_ranges_are_equalized(tmp_path):
     def mean_err(data: bytes) -> float:
         return float(np.abs(_int8_outputs(data, x[128:]) - ref).mean())
 
-    raw = mean_err(_convert(model, "int8", x[:128]))
+    raw = mean_err(_convert(model, INT8, x[:128]))
     export(model, "tflite", "int8", tmp_path / "m.tflite", calibration=x[:128])
     equalized = mean_err((tmp_path / "m.tflite").read_bytes())
     print(f"int8 mean abs error: {raw:.4f} as is, {equalized:.4f} equalized")

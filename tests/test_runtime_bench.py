@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from edgecomp.errors import EdgecompError
+from edgecomp.metrics import accuracy
 from runtime_bench import bench_file, bench_files, open_runner, summarize, write_report
-from runtime_bench.bench import RECORD_KEYS, accuracy
+from runtime_bench.bench import RECORD_KEYS
 from runtime_bench.latency import measure_latency, peak_rss_mb
 from runtime_bench.report import pareto_front
 from runtime_bench.runners import Runner

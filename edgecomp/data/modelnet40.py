@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecomp.data.base import Dataset, register_dataset
-from edgecomp.errors import EdgecompError
+from edgecomp.errors import EdgecompError, first_line
 
 __all__ = ["NUM_CLASSES", "augment_point_clouds", "augmented_batches", "load_modelnet40", "read_h5_split"]
 
@@ -77,7 +77,7 @@ def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except EdgecompError:
         raise
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise EdgecompError(f"cannot read {path.name} as HDF5 ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+        raise EdgecompError(f"cannot read {path.name} as HDF5 ({first_line(exc)})",
                             fix=_FIX) from None
     data, label = np.asarray(data), np.asarray(label)
     if data.ndim != 3 or data.shape[-1] != 3 or data.dtype.kind != "f":

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecomp.data.base import Dataset, register_dataset
-from edgecomp.errors import EdgecompError
+from edgecomp.errors import EdgecompError, first_line
 
 __all__ = ["letterbox", "load_person_seg", "read_list", "read_pair"]
 
@@ -114,7 +114,7 @@ def _open(path: Path, what: str):
     except FileNotFoundError:
         raise EdgecompError(f"{what} {path} does not exist", fix=_FIX) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise EdgecompError(f"cannot read {what} {path}: {str(exc).splitlines()[0] if str(exc) else 'not an image'}",
+        raise EdgecompError(f"cannot read {what} {path}: {first_line(exc, default='not an image')}",
                             fix="check the file (a truncated or non-image file?)") from None
 
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from edgecomp.errors import EdgecompError
+from edgecomp.errors import EdgecompError, first_line
 
 _REGISTRY: dict[str, Callable] = {}
 
@@ -61,7 +61,7 @@ def load_keras_model(path: str | os.PathLike, trust: bool = False):
         if "safe_mode" in text or "Lambda" in text or "lambda" in text:
             raise EdgecompError(f"{path.name} holds code (a Lambda layer) that would run on load",
                                 fix="pass --trust-model only if you trust its author") from None
-        raise EdgecompError(f"cannot load {path.name}: {text.splitlines()[0]}",
+        raise EdgecompError(f"cannot load {path.name}: {first_line(exc)}",
                             fix="pass a .keras file saved by Keras 3") from None
     except (OSError, KeyError) as exc:
         raise EdgecompError(f"cannot read {path.name} as a Keras model: {exc}",

@@ -1,4 +1,4 @@
-"""Quality figures computed from a model's outputs: accuracy, segmentation IoU, parity.
+"""Quality figures computed from a model's outputs: accuracy, segmentation IoU, parity (numpy only).
 
 All functions take the float outputs a runner returns, ``(N, ..., C)`` scores
 (one channel = a sigmoid score, class 1 when > 0.5), and labels as class ids
@@ -12,7 +12,8 @@ All functions take the float outputs a runner returns, ``(N, ..., C)`` scores
 
 :func:`parity_figures` uses the figure names of ``exporters.check_parity``
 (``max_abs_diff``, ``mean_abs_diff``, ``top1_agreement``) so a bench record and
-an export report can be read side by side.
+an export report can be read side by side. The compression core, ``exporters`` and
+``runtime_bench`` all score outputs with these.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from edgecomp.errors import EdgecompError
+
+#: What a model's outputs are scored as: one label per sample, or one per pixel.
+TASKS = ("classification", "segmentation")
 
 
 def predicted_classes(pred: np.ndarray) -> np.ndarray:
@@ -127,3 +131,20 @@ def parity_figures(got: np.ndarray, ref: np.ndarray) -> dict:
     return {"max_abs_diff": float(diff.max()) if diff.size else 0.0,
             "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
             "top1_agreement": float(np.mean(predicted_classes(got) == predicted_classes(ref)))}
+
+
+def task_scores(pred: np.ndarray, y: np.ndarray, task: str = "classification") -> dict:
+    """``{"accuracy"}`` of outputs ``pred`` against labels ``y``, plus ``"mean_iou"`` for segmentation.
+
+    ``accuracy`` is top-1 accuracy (classification) or pixel accuracy (segmentation).
+
+    Example:
+        >>> task_scores(np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([1, 1]))
+        {'accuracy': 0.5}
+    """
+    if task not in TASKS:
+        raise EdgecompError(f"unknown task '{task}'", fix=f"use one of: {', '.join(TASKS)}")
+    if task == "segmentation":
+        m = segmentation_metrics(pred, y)
+        return {"accuracy": m["pixel_accuracy"], "mean_iou": m["mean_iou"]}
+    return {"accuracy": accuracy(pred, y)}
