@@ -36,7 +36,8 @@ import json
 
 import numpy as np
 
-from edgecomp.errors import EdgecompError, first_line
+from edgecomp.errors import EdgecompError
+from edgecomp.graph import ModelGraph
 
 __all__ = ["fold_batchnorm", "bn_affine", "folded_summary"]
 
@@ -74,18 +75,6 @@ def _functional_config(model) -> tuple[object, dict]:
     return model, json.loads(model.to_json())["config"]
 
 
-def _refs(obj):
-    """Every ``keras_history`` (layer, node, index) referenced inside a config fragment."""
-    if isinstance(obj, dict):
-        if "keras_history" in obj:
-            yield tuple(obj["keras_history"])
-        for v in obj.values():
-            yield from _refs(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _refs(v)
-
-
 def _replace_refs(obj, old: str, new_tensor: dict):
     """Point every reference to layer ``old``'s output at ``new_tensor`` (a ``__keras_tensor__`` dict)."""
     if isinstance(obj, dict):
@@ -96,11 +85,6 @@ def _replace_refs(obj, old: str, new_tensor: dict):
     if isinstance(obj, list):
         return [_replace_refs(v, old, new_tensor) for v in obj]
     return obj
-
-
-def _io_refs(spec) -> list:
-    """``input_layers`` / ``output_layers`` as a list of [name, node, index] triples."""
-    return [spec] if spec and isinstance(spec[0], str) else list(spec or [])
 
 
 def _replace_io(spec, old: str, new: list):
@@ -131,52 +115,48 @@ def fold_batchnorm(model):
     import keras
 
     model, config = _functional_config(model)
-    by_name = {layer.name: layer for layer in model.layers}
     entries = {entry["name"]: entry for entry in config["layers"]}
+    graph = ModelGraph(model, expand_nested=False)  # a nested model is one node, kept whole
 
-    # Consumers of each layer's outputs (counting the model outputs as one).
-    consumers: dict[str, list[str]] = {name: [] for name in entries}
-    for entry in config["layers"]:
-        for ref in _refs(entry["inbound_nodes"]):
-            consumers[ref[0]].append(entry["name"])
-    for ref in _io_refs(config["output_layers"]):
-        consumers[ref[0]].append("__output__")
+    def node(name: str):
+        return graph.calls(name)[0]
 
     def single_call(name: str) -> bool:
-        return len(entries[name]["inbound_nodes"]) == 1
+        return len(graph.calls(name)) == 1
+
+    def consumers(name: str) -> list[str]:
+        """Who reads the layer's outputs, once per read; a model output reads as ``__output__``."""
+        return [c.name for call in graph.calls(name) for t in call.outputs for c, _ in t.consumers] + [
+            "__output__" for call in graph.calls(name) for t in call.outputs if graph.is_output(t)]
 
     def kind(name: str) -> str:
-        return type(by_name[name]).__name__ if name in by_name else ""
+        return node(name).kind if graph.calls(name) else ""
 
     # Plan: bn name -> ("back" | "forward", target layer name).
     plan: dict[str, tuple[str, str]] = {}
     claimed: set[str] = set()
     for entry in config["layers"]:
         name = entry["name"]
-        layer = by_name.get(name)
         if kind(name) != "BatchNormalization" or not single_call(name):
             continue
-        axis = layer.axis if isinstance(layer.axis, int) else None
-        rank = len(layer.input.shape) if getattr(layer, "input", None) is not None else None
-        if axis is None or rank is None or axis not in (-1, rank - 1):
+        bn = node(name)
+        axis = bn.layer.axis if isinstance(bn.layer.axis, int) else None
+        if axis is None or len(bn.inputs) != 1 or axis not in (-1, bn.inputs[0].rank - 1):
             continue
-        srcs = list(_refs(entry["inbound_nodes"]))
-        if len(srcs) != 1:
-            continue
-        prev = srcs[0][0]
+        prev = bn.inputs[0].producer.name
         pcfg = entries[prev]["config"]
         if (kind(prev) in _TARGETS and prev not in claimed and single_call(prev)
-                and consumers[prev] == [name] and pcfg.get("activation", "linear") == "linear"
+                and consumers(prev) == [name] and pcfg.get("activation", "linear") == "linear"
                 and pcfg.get("data_format", "channels_last") == "channels_last"):
             plan[name] = ("back", prev)
             claimed.add(prev)
             continue
         nxt = name  # skip Dropouts (identities at inference) between the BN and its consumer
-        while len(consumers[nxt]) == 1 and kind(consumers[nxt][0]) == "Dropout" and single_call(consumers[nxt][0]):
-            nxt = consumers[nxt][0]
-        if len(consumers[nxt]) != 1:
+        while len(consumers(nxt)) == 1 and kind(consumers(nxt)[0]) == "Dropout" and single_call(consumers(nxt)[0]):
+            nxt = consumers(nxt)[0]
+        if len(consumers(nxt)) != 1:
             continue
-        target = consumers[nxt][0]
+        target = consumers(nxt)[0]
         tcfg = entries.get(target, {}).get("config", {})
         ok_kind = kind(target) == "Dense" or (kind(target) in _CONVS and _is_pointwise_conv(tcfg)
                                                and tcfg.get("data_format", "channels_last") == "channels_last")
@@ -203,17 +183,17 @@ def fold_batchnorm(model):
     try:
         folded = keras.Model.from_config(config)
     except Exception as exc:  # Keras raises many types for a bad config
-        raise EdgecompError(f"cannot rebuild the model without its BatchNorm layers: {first_line(exc)}",
+        raise EdgecompError(f"cannot rebuild the model without its BatchNorm layers: {str(exc).splitlines()[0]}",
                             fix="fold a plain functional model, or skip folding") from None
 
     folded_into = {target: (mode, bn) for bn, (mode, target) in plan.items()}
     for layer in folded.layers:
-        src = by_name[layer.name]
+        src = model.get_layer(layer.name)
         if layer.name not in folded_into:
             layer.set_weights(src.get_weights())
             continue
         mode, bn = folded_into[layer.name]
-        a, c = bn_affine(by_name[bn])
+        a, c = bn_affine(model.get_layer(bn))
         w = np.asarray(src.kernel.numpy(), np.float64)
         b = np.asarray(src.bias.numpy(), np.float64) if src.bias is not None else np.zeros(w.shape[-1])
         if mode == "back":
