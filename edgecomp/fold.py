@@ -36,7 +36,7 @@ import json
 
 import numpy as np
 
-from edgecomp.errors import EdgecompError
+from edgecomp.errors import EdgecompError, first_line
 from edgecomp.graph import ModelGraph
 
 __all__ = ["fold_batchnorm", "bn_affine", "folded_summary"]
@@ -183,7 +183,7 @@ def fold_batchnorm(model):
     try:
         folded = keras.Model.from_config(config)
     except Exception as exc:  # Keras raises many types for a bad config
-        raise EdgecompError(f"cannot rebuild the model without its BatchNorm layers: {str(exc).splitlines()[0]}",
+        raise EdgecompError(f"cannot rebuild the model without its BatchNorm layers: {first_line(exc)}",
                             fix="fold a plain functional model, or skip folding") from None
 
     folded_into = {target: (mode, bn) for bn, (mode, target) in plan.items()}
