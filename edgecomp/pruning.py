@@ -20,38 +20,8 @@ import contextlib
 import numpy as np
 
 from edgecomp.errors import EdgecompError
-
-#: Prunable layer kinds: class name -> {weight attribute: axes that index one output filter}.
-#: Add a kind (a custom layer) with :func:`register_prunable`.
-PRUNABLE: dict[str, dict[str, tuple[int, ...]]] = {
-    "Dense": {"kernel": (-1,)},
-    "EinsumDense": {"kernel": (-1,)},
-    "Conv1D": {"kernel": (-1,)},
-    "Conv2D": {"kernel": (-1,)},
-    "Conv3D": {"kernel": (-1,)},
-    "Conv1DTranspose": {"kernel": (-2,)},        # (k, out, in)
-    "Conv2DTranspose": {"kernel": (-2,)},        # (h, w, out, in)
-    "Conv3DTranspose": {"kernel": (-2,)},
-    "DepthwiseConv1D": {"kernel": (-2, -1)},
-    "DepthwiseConv2D": {"kernel": (-2, -1)},     # (h, w, in, multiplier): one filter per pair
-    "SeparableConv1D": {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)},
-    "SeparableConv2D": {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)},
-    "Embedding": {"embeddings": (0,)},           # one token's vector per filter
-}
-PRUNABLE_LAYERS = tuple(PRUNABLE)
-
-
-def register_prunable(layer_class, weights: dict[str, tuple[int, ...]] | None = None) -> None:
-    """Let edgecomp prune (and weight-share) a custom layer's weights.
-
-    ``weights`` maps attribute names to the axes that index one output filter
-    (default ``{"kernel": (-1,)}``, as for Dense and Conv).
-
-    Example:
-        >>> register_prunable(MyConv, {"kernel": (-1,)})
-    """
-    name = layer_class if isinstance(layer_class, str) else layer_class.__name__
-    PRUNABLE[name] = dict(weights or {"kernel": (-1,)})
+# The prunable-layer registry's home is edgecomp.prunable; its names are public here too.
+from edgecomp.prunable import PRUNABLE, PRUNABLE_LAYERS, kept_dense, prunable_spec, register_prunable  # noqa: F401
 
 
 def check_rate(rate: float) -> float:
@@ -69,7 +39,7 @@ def prunable_weights(model, skip_first: bool = True) -> list[tuple]:
     """
     found = []
     for layer in _walk_layers(model):
-        for attr, axes in PRUNABLE.get(type(layer).__name__, {}).items():
+        for attr, axes in (prunable_spec(layer) or {}).items():
             var = getattr(layer, attr, None)
             if var is not None and len(var.shape) >= 2:
                 found.append((var, axes))
@@ -91,10 +61,8 @@ def _walk_layers(model):
 
 def unsupported_layers(model) -> list[str]:
     """Names of layers that hold weights edgecomp doesn't know how to prune (left dense)."""
-    known = {"BatchNormalization", "LayerNormalization", "GroupNormalization", "Normalization",
-             *PRUNABLE}
     return [f"{layer.name} ({type(layer).__name__})" for layer in _walk_layers(model)
-            if layer.weights and type(layer).__name__ not in known]
+            if layer.weights and prunable_spec(layer) is None and not kept_dense(layer)]
 
 
 def filter_mask(kernel: np.ndarray, rate: float, axes: tuple[int, ...] = (-1,)) -> np.ndarray:

@@ -118,7 +118,7 @@ def test_custom_layer_left_dense_then_registered():
         assert len(prunable_weights(model, skip_first=False)) == 2
     finally:
         from edgecomp.pruning import PRUNABLE
-        PRUNABLE.pop("Scale")
+        PRUNABLE.pop(Scale)
 
 
 @pytest.mark.parametrize("kind", ["mobilenet", "conv1d"])

@@ -8,6 +8,7 @@ images (or other arrays) and int64 labels.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -63,10 +64,18 @@ class Dataset:
 
 
 def register_dataset(name: str, *aliases: str):
-    """Decorator: register ``fn(data_dir=None, **options) -> Dataset`` under ``name``."""
+    """Decorator: register ``fn(data_dir=None, **options) -> Dataset`` under ``name``.
+
+    A name or alias registered again is taken by the new loader, with a warning.
+    """
 
     def wrap(fn):
+        taken = [n for n in (name, *aliases) if n in _REGISTRY or n in _ALIASES]
+        if taken:
+            warnings.warn(f"dataset name(s) {', '.join(taken)} registered already; "
+                          f"{fn.__module__}.{fn.__qualname__} replaces them", UserWarning, stacklevel=2)
         _REGISTRY[name] = fn
+        _ALIASES.pop(name, None)            # the name now means this loader, not an older alias
         for alias in aliases:
             _ALIASES[alias] = name
         return fn

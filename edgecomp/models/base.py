@@ -6,6 +6,7 @@ Each architecture is one module that registers a builder with ``@register_model`
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -15,13 +16,23 @@ _REGISTRY: dict[str, Callable] = {}
 
 
 def register_model(name: str):
-    """Decorator: register ``fn(input_shape, num_classes, **options) -> keras.Model``."""
+    """Decorator: register ``fn(input_shape, num_classes, **options) -> keras.Model``.
+
+    A name registered again is taken by the new builder, with a warning.
+    """
 
     def wrap(fn):
+        if name in _REGISTRY:
+            warnings.warn(f"model '{name}' is registered already ({_qualname(_REGISTRY[name])}); "
+                          f"{_qualname(fn)} replaces it", UserWarning, stacklevel=2)
         _REGISTRY[name] = fn
         return fn
 
     return wrap
+
+
+def _qualname(fn) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def model_names() -> list[str]:
