@@ -365,32 +365,18 @@ def cmd_evaluate(args):
 def cmd_export(args):
     import exporters
     from edgecomp import io, train
-    from edgecomp.errors import EdgecompError
     from edgecomp.report import text_table
 
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for fmt in formats:
-        if fmt not in exporters.VARIANTS:
-            raise EdgecompError(f"unknown export format '{fmt}'", fix=f"use one of: {', '.join(exporters.VARIANTS)}")
-    unknown = [v for v in variants if not any(v in exporters.VARIANTS[f] for f in formats)]
-    if unknown:
-        raise EdgecompError(f"no format in '{args.format}' has variant(s) {', '.join(unknown)}",
-                            fix="; ".join(f"{f}: {', '.join(exporters.VARIANTS[f])}" for f in formats))
+    from exporters.variants import parse_variants
+    variants, skipped = parse_variants(args.format, args.variants)   # one-line errors, before the model loads
     out = io.ensure_dir(args.out)
     model = _load_any_model(args.model, trust=args.trust_model)
     ds = _data(args)
     train.check_model_data(model, ds)
     stem = os.path.splitext(os.path.basename(args.model))[0]
-    arts, skipped = [], []
-    for fmt in formats:
-        for variant in variants:
-            if variant not in exporters.VARIANTS[fmt]:
-                skipped.append({"format": fmt, "variant": variant, "reason": f"{fmt} has no {variant} variant"})
-                continue
-            arts.append(exporters.export_and_check(
-                model, fmt, variant, out / f"{stem}_{variant}.{fmt}", calibration=ds.x_train[:200],
-                check_x=ds.x_test[:args.parity_size], check_y=ds.y_test[:args.parity_size]))
+    arts = [exporters.export_and_check(model, v.format, v, out / v.filename(stem), calibration=ds.x_train[:200],
+                                       check_x=ds.x_test[:args.parity_size], check_y=ds.y_test[:args.parity_size])
+            for v in variants]
     io.write_json(out / "export.json", {"model": args.model, "artifacts": [a.to_dict() for a in arts],
                                         "skipped": skipped})
     rows = [[a.path.name, a.format, a.variant, f"{a.bytes:,}", f"{a.gzip_bytes:,}",

@@ -106,8 +106,8 @@ def layer_mask(kernel: np.ndarray, rate: float) -> np.ndarray:
 def rate_for(path: str, rate: float, rates) -> float:
     """The rate for weight ``path``: the first rule in ``rates`` that matches its layer name or path
     (:mod:`edgecomp.match`), else ``rate``."""
-    from edgecomp.match import first_match
-    found = first_match(rates, path)
+    from edgecomp.match import rule_value
+    found = rule_value(rates, path)
     return rate if found is None else check_rate(found)
 
 
@@ -138,7 +138,7 @@ def compute_masks(model, rate: float = 0.8, *, criterion="filter", rates=None, c
     for ``global``, matching layers are pruned per layer at their own rate), ``criteria`` the
     criterion (e.g. ``{"fc*": "block:16x1"}``: LiteRT's sparse int8 blocks for the Dense layers).
     """
-    from edgecomp.match import first_match
+    from edgecomp.match import rule_value
     from edgecomp.pruning_config import criterion_from
 
     rate = check_rate(rate)
@@ -154,8 +154,8 @@ def compute_masks(model, rate: float = 0.8, *, criterion="filter", rates=None, c
                                 fix="retrain the model; compression needs finite weights")
         weights[var.path] = w
     masks = {}
-    chosen = {p: first_match(criteria, p, criterion) for p in weights}
-    pooled = [p for p in weights if chosen[p].pooled and first_match(rates, p) is None]
+    chosen = {p: rule_value(criteria, p, criterion) for p in weights}
+    pooled = [p for p in weights if chosen[p].pooled and rule_value(rates, p) is None]
     if pooled:
         mags = np.concatenate([np.abs(weights[p]).ravel() for p in pooled])
         n_drop = int(mags.size * rate)

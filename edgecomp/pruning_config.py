@@ -52,8 +52,9 @@ class Config:
 def to_config(value):
     if isinstance(value, Config):
         return value.get_config()
-    if isinstance(value, tuple) and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
-        return {k: to_config(v) for k, v in value}   # ordered rules
+    if isinstance(value, tuple) and value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str)
+                                                  for v in value):
+        return [[k, to_config(v)] for k, v in value]   # ordered rules: a list, since JSON writers may sort keys
     if isinstance(value, tuple):
         return [to_config(v) for v in value]
     return value
@@ -69,8 +70,11 @@ def from_kind_config(family: dict, config, what: str):
 
 
 def rules(value, what: str, check) -> tuple:
-    """Per-layer rules as an ordered tuple of ``(pattern, value)``, each value checked by ``check``."""
+    """Per-layer rules as an ordered tuple of ``(pattern, value)`` (from a dict or a list of pairs),
+    each value checked by ``check``."""
     items = value.items() if isinstance(value, dict) else (value or ())
+    if any(not isinstance(i, (tuple, list)) or len(i) != 2 for i in items if not isinstance(value, dict)):
+        raise EdgecompError(f"bad {what} rules {value!r}", fix="pass {pattern: value} or [(pattern, value), ...]")
     out = []
     for pattern, v in items:
         if not isinstance(pattern, str) or not pattern:

@@ -35,7 +35,7 @@ def artifact_rows(report: dict) -> list[list[str]]:
                      _num(a["gzip_bytes"]), _pct(r.get("accuracy")), _pct(parity.get("top1_agreement")),
                      _num(parity.get("max_abs_diff"), "{:.1e}"),
                      _num(r.get("median_ms"), "{:.3f}"), _num(r.get("p90_ms"), "{:.3f}"),
-                     _num(speedup, "{:.1f}x"), r.get("error") or ""])
+                     _num(speedup, "{:.1f}x"), a.get("error") or r.get("error") or ""])
     return rows
 
 
@@ -145,7 +145,7 @@ def plot_size_accuracy(report: dict) -> bytes:
                    label=f"{m['name'][:60]} ({'fp32 weights' if m.get('key') == 'baseline' else 'container'})")
     for i, a in enumerate(report["artifacts"]):
         r = bench.get(str(Path(a["path"]).resolve()), {})
-        if r.get("accuracy") is None:
+        if r.get("accuracy") is None or a.get("error"):
             continue
         style = dict(marker=next(markers, "o"), s=45, color=colors[(i + len(report["models"])) % len(colors)])
         name = Path(a["path"]).name

@@ -128,6 +128,7 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     """Run the whole pipeline; returns the report dict (also written to ``cfg.out``)."""
     import exporters
     import runtime_bench
+    from exporters.variants import Variant
     from edgecomp.checkpoint import Checkpoints
     from edgecomp.data import load_dataset
     from edgecomp.models import load_keras_model, model_names
@@ -135,6 +136,8 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     from edgecomp.report import write_run_report
 
     cfg = dataclasses.replace(cfg or RunConfig(), **overrides)
+    for spec in (*cfg.variants, *cfg.seed_variants):
+        Variant.from_spec(spec)  # a bad spec fails before any training
     if cfg.model not in model_names():  # fail before the data is loaded
         raise EdgecompError(f"unknown model '{cfg.model}'", fix=f"use one of: {', '.join(model_names())}")
     out = io.ensure_dir(cfg.out)
@@ -151,17 +154,26 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     calib = ds.x_train[:cfg.calibration_size]
     check_x, check_y = ds.x_test[:cfg.parity_size], ds.y_test[:cfg.parity_size]
 
-    def export_stage(m, spec, path, who):
-        fmt, _, variant = spec.partition(":")
+    def export_stage(m, spec, path, who) -> dict:
+        """Export behind the parity gate; a file that misses parity is a row saying so, not a stop."""
+        from edgecomp.errors import first_line
+        v = Variant.from_spec(spec)
         stage = f"export-{path.name}"
-        if ck.done(stage) and path.is_file():
-            return exporters.Artifact(**{**ck.info(stage), "path": path}), who
-        _log(cfg, f"exporting {who}: {fmt} {variant}, checked for parity on {len(check_x)} test images")
-        art = exporters.export_and_check(m, fmt, variant, path, calibration=calib, check_x=check_x, check_y=check_y)
-        ck.mark(stage, {k: v for k, v in art.to_dict().items() if k != "path"})
-        return art, who
+        if ck.done(stage) and (path.is_file() or ck.info(stage).get("error")):
+            return {**ck.info(stage), "path": str(path), "model": who}
+        _log(cfg, f"exporting {who}: {v.format} {v.name}, checked for parity on {len(check_x)} test images")
+        try:
+            art = exporters.export_and_check(m, v.format, v, path, calibration=calib, check_x=check_x,
+                                             check_y=check_y).to_dict()
+        except exporters.ParityError as exc:
+            _log(cfg, f"{path.name} not written: {first_line(exc)}")
+            art = {"format": v.format, "variant": v.name, "bytes": None, "gzip_bytes": None, "parity": exc.figures,
+                   "error": f"parity: {first_line(exc)}"}
+        ck.mark(stage, {k: v for k, v in art.items() if k != "path"})
+        return {**art, "path": str(path), "model": who}
 
-    artifacts = [export_stage(model, "tflite:fp32", out / "baseline_fp32.tflite", "baseline")]
+    artifacts = [export_stage(model, "tflite:fp32", out / Variant.from_spec("tflite:fp32").filename("baseline"),
+                              "baseline")]
     models = [{"name": "baseline", "key": "baseline", "file": str(base_path), "params": model.count_params(),
                "nonzeros": int(sum(np.count_nonzero(w) for w in base_weights.values())), "macs": _macs(model),
                "accuracy": base_acc, "storage_bytes": fp32_bytes, "ratio": 1.0}]
@@ -187,12 +199,12 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
                        "accuracy": acc, "storage_bytes": result.bytes, "ratio": fp32_bytes / result.bytes,
                        "structured": result.structured, "history": result.history})
         for spec in variants:
-            fmt, _, variant = spec.partition(":")
-            artifacts.append(export_stage(decoded, spec, out / f"{key}_{variant}.{fmt}", key))
+            artifacts.append(export_stage(decoded, spec, out / Variant.from_spec(spec).filename(key), key))
 
-    _log(cfg, f"benchmarking {len(artifacts)} artifacts (batch 1, {cfg.threads} thread(s), each in a fresh process)")
-    records = runtime_bench.bench_files([a.path for a, _ in artifacts], ds.x_test, ds.y_test, batch=1,
-                                        threads=cfg.threads, runs=cfg.latency_runs, min_time_s=1.0)
+    _log(cfg, f"benchmarking {sum(not a.get('error') for a in artifacts)} artifacts (batch 1, {cfg.threads} thread(s), each in a fresh process)")
+    written = [a["path"] for a in artifacts if not a.get("error")]
+    records = runtime_bench.bench_files(written, ds.x_test, ds.y_test, batch=1, threads=cfg.threads,
+                                        runs=cfg.latency_runs, min_time_s=1.0)
     report = {
         "config": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
                    "recipe": cfg.recipe.get_config()},
@@ -200,7 +212,7 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
                  "input_shape": list(ds.input_shape), "num_classes": ds.num_classes},
         "models": models,
         "layers": results["edgecomp"][0].report,
-        "artifacts": [{**a.to_dict(), "model": who} for a, who in artifacts],
+        "artifacts": artifacts,
         "bench": records,
         "seconds": time.time() - started,
     }
@@ -223,7 +235,8 @@ def headline(report: dict) -> dict:
     bench = {str(Path(r["file"]).resolve()): r for r in report["bench"]}
     arts = [(a, bench.get(str(Path(a["path"]).resolve()), {})) for a in report["artifacts"]]
     base = next((r for a, r in arts if a["model"] == "baseline"), {})
-    mine = [(a, r) for a, r in arts if a["model"] == "edgecomp" and r.get("median_ms") and not r.get("error")]
+    mine = [(a, r) for a, r in arts if a["model"] == "edgecomp" and r.get("median_ms") and not r.get("error")
+            and not a.get("error")]
     models = {m["key"]: m for m in report["models"]}
     out = {"accuracy_change_points": 100 * (models["edgecomp"]["accuracy"] - models["baseline"]["accuracy"]),
            "container_ratio": models["edgecomp"]["ratio"]}
@@ -231,7 +244,8 @@ def headline(report: dict) -> dict:
         a, r = min(mine, key=lambda ar: ar[1]["median_ms"])
         out.update(fastest=Path(a["path"]).name, speedup=base["median_ms"] / r["median_ms"])
     base_file = next((a for a, _ in arts if a["model"] == "baseline"), None)
-    int8 = next((a for a, _ in arts if a["model"] == "edgecomp" and a["format"] == "tflite" and a["variant"] == "int8"), None)
-    if base_file and int8:
+    int8 = next((a for a, _ in arts if a["model"] == "edgecomp" and a["format"] == "tflite" and a["variant"] == "int8"
+                 and not a.get("error")), None)
+    if base_file and int8 and base_file.get("bytes"):
         out["int8_tflite_ratio"] = base_file["bytes"] / int8["bytes"]
     return out

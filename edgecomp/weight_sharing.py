@@ -122,8 +122,8 @@ def parse_bits(spec) -> dict[str, int]:
 def bits_for(path: str, ndim: int, bits: dict[str, int]) -> int:
     """Bits for weight ``path``: the first glob rule that matches its layer name or path
     (:mod:`edgecomp.match`), else its kind's (``conv`` / ``dense``)."""
-    from edgecomp.match import first_match
-    found = first_match([(p, b) for p, b in bits.items() if p not in ("conv", "dense")], path)
+    from edgecomp.match import rule_value
+    found = rule_value([(p, b) for p, b in bits.items() if p not in ("conv", "dense")], path)
     return bits[layer_kind(ndim)] if found is None else found
 
 

@@ -34,13 +34,16 @@ def latency_measure(profile: str, x: np.ndarray, *, fmt: str = "tflite", variant
     """
     import runtime_bench
 
+    from .variants import Variant
+
+    v = Variant.parse(fmt, variant)
     target = runtime_bench.get_target(profile)
     x = np.asarray(x, np.float32)[:1]
 
     def measure(model) -> float:
         with tempfile.TemporaryDirectory(prefix="edgecomp-latency-") as tmp:
-            path = Path(tmp) / f"probe.{fmt}"
-            export(model, fmt, variant, path, calibration=calibration)
+            path = Path(tmp) / v.filename("probe")
+            export(model, v.format, v, path, calibration=calibration)
             rec = runtime_bench.bench_file(path, x, None, target=target, runs=runs, min_time_s=min_time_s,
                                            task=None)
         if rec.get("error") or rec.get("median_ms") is None:

@@ -130,6 +130,7 @@ def train_models(args, ds, out, state, save):
 
 def export_models(args, ds, out, state, save):
     import exporters
+    from exporters.variants import Variant
     from edgecomp import store
     from edgecomp.errors import EdgecompError, first_line
     from edgecomp.models import load_keras_model
@@ -142,12 +143,13 @@ def export_models(args, ds, out, state, save):
             key = f"{name} | {spec}"
             if key in state["exports"]:
                 continue
-            fmt, _, variant = spec.partition(":")
+            v = Variant.from_spec(spec)
+            fmt, variant = v.format, v.name
             if model is None:
                 model = load_keras_model(m["file"]) if m["file"].endswith(".keras") else store.load_compressed(m["file"])
-            path = files / f"{name.replace(' ', '_').replace('+', '')}_{variant}.{fmt}"
+            path = files / v.filename(name.replace(' ', '_').replace('+', ''))
             try:
-                art = exporters.export_and_check(model, fmt, variant, path, calibration=calib, check_x=cx, check_y=cy)
+                art = exporters.export_and_check(model, fmt, v, path, calibration=calib, check_x=cx, check_y=cy)
                 state["exports"][key] = {"model": name, "format": fmt, "variant": variant, "path": str(path),
                                          "bytes": art.bytes, "parity": art.parity, "needs": art.needs, "passed": True}
             except EdgecompError as exc:

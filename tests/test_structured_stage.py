@@ -150,7 +150,7 @@ def test_cli_channels_rules_reach_the_container(trained, tmp_path):
     assert main(["compress", str(path), "--data", "synthetic_images", "--test-size", "50", "--channels", "fc1=0.25",
                  "--structured-epochs", "0", "--fine-tune-epochs", "0", "-o", str(out), "--report", str(rep)]) == 0
     meta, _ = codec.decode_weights(out.read_bytes())
-    assert meta["info"]["recipe"]["structured"]["layer_keep"] == {"fc1": 0.25}
+    assert meta["info"]["recipe"]["structured"]["layer_keep"] == [["fc1", 0.25]]
     small = store.load_compressed(out)
     assert small.get_layer("fc1").units == 32 and small.get_layer("block1_conv1").filters == 8
     assert json.loads(rep.read_text())["settings"]["structured"]["keep"] is None
