@@ -38,9 +38,9 @@ def registry_restored():
 
 def test_a_subclass_of_conv2d_is_prunable():
     inp = keras.Input((8, 8, 3))
-    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(MyConv(4, 3, name="mine")(inp))))
+    model = keras.Model(inp, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(MyConv(4, 3, name="mine")(inp))))
     assert prunable_spec(model.get_layer("mine")) == {"kernel": (-1,)}
-    assert [v.path for v, _ in prunable_weights(model, skip_first=False)] == ["mine/kernel", "dense/kernel"]
+    assert [v.path for v, _ in prunable_weights(model, skip_first=False)] == ["mine/kernel", "head/kernel"]
     assert unsupported_layers(model) == []
     assert prunable_spec(keras.layers.ReLU()) is None
 
