@@ -1,6 +1,6 @@
 """Helpers shared by the timing checks in ``scripts/`` (bench_latency_check, bench_spread).
 
-    >>> model = check_model(None, "runs/bench_checks")   # runs/latest/compressed_int8.tflite, or a built one
+    >>> model = check_model(None, "runs/bench_checks")   # runs/latest/edgecomp_int8.tflite, or a built one
     >>> x = inputs_for(model, n=64)                       # float32, shaped like the model's input
 
 Not part of the measuring path: nothing here is imported by ``bench_files``.
@@ -17,7 +17,7 @@ import numpy as np
 from edgecomp.errors import EdgecompError
 
 #: The model the checks use when none is given, if it exists.
-DEFAULT_MODEL = Path("runs/latest/compressed_int8.tflite")
+DEFAULT_MODEL = Path("runs/latest/edgecomp_int8.tflite")
 
 
 def check_model(model: str | os.PathLike | None, work_dir: str | os.PathLike) -> Path:
@@ -63,7 +63,7 @@ def input_shape(model: str | os.PathLike) -> tuple[int, ...]:
     """The first input's shape as the file declares it (batch first), read with LiteRT.
 
     Example:
-        >>> input_shape("runs/latest/compressed_int8.tflite")      # doctest: +SKIP
+        >>> input_shape("runs/latest/edgecomp_int8.tflite")      # doctest: +SKIP
         (1, 28, 28, 1)
     """
     from ai_edge_litert import interpreter as litert

@@ -2,7 +2,7 @@
 """Export a compressed CNN in every TFLite/ONNX variant and measure each file in its runtime.
 
     python scripts/bench_export.py                                   # train, compress, export, measure
-    python scripts/bench_export.py --model runs/latest/compressed.ecz --baseline runs/latest/baseline.keras
+    python scripts/bench_export.py --model runs/latest/edgecomp.ecz --baseline runs/latest/baseline.keras
 
 Models measured (each exported only after its parity gate passes):
 

@@ -69,7 +69,7 @@ def run_tool(model: Path, threads: int, runs: int, warmup: int, cpus: list[int] 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="a .tflite file (default: runs/latest/compressed_int8.tflite "
+    ap.add_argument("--model", default=None, help="a .tflite file (default: runs/latest/edgecomp_int8.tflite "
                     "if it exists, else a small CNN built and converted here)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1, help="must equal the file's own batch size")

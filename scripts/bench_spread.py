@@ -36,7 +36,7 @@ from runtime_bench.checks import check_model, inputs_for, run_check, write_check
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="a model file (default: runs/latest/compressed_int8.tflite "
+    ap.add_argument("--model", default=None, help="a model file (default: runs/latest/edgecomp_int8.tflite "
                     "if it exists, else a small CNN built and converted here)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--target", default="mobile-big", help="a target profile (default: mobile-big)")

@@ -25,9 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RUN_ARGS = ["--data", "synthetic_images", "--width", "0.25", "--epochs", "2", "--method", "seed",
-            "--prune-schedule", "iterative:3", "--fine-tune-epochs", "1", "--latency-runs", "10",
-            "--test-size", "200"]
+#: The main job's containers: the seed's method and edgecomp's recipe (structured + deep by default).
+CONTAINERS = ("seed.ecz", "edgecomp.ecz")
+RUN_ARGS = ["--data", "synthetic_images", "--width", "0.25", "--epochs", "2", "--prune-schedule", "iterative:3",
+            "--fine-tune-epochs", "1", "--latency-runs", "10", "--test-size", "200"]
 
 
 def edgecomp(out: Path, *extra: str) -> subprocess.Popen:
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
         print(err.decode()[-2000:])
         raise SystemExit("the uninterrupted run failed")
     duration = time.time() - t0
-    print(f"uninterrupted run: {duration:.1f} s, container sha256 {sha(ref / 'compressed.ecz')[:16]}")
+    print(f"uninterrupted run: {duration:.1f} s, container sha256 "
+          + ", ".join(f"{c} {sha(ref / c)[:16]}" for c in CONTAINERS))
 
     rng = random.Random(args.seed)
     kills = []
@@ -113,12 +115,13 @@ def main(argv=None) -> int:
     if proc.returncode != 0:
         print(err.decode()[-2000:])
         raise SystemExit("the resumed run failed")
-    a, b = sha(ref / "compressed.ecz"), sha(test / "compressed.ecz")
+    a = {c: sha(ref / c) for c in CONTAINERS}
+    b = {c: sha(test / c) for c in CONTAINERS}
     result = {"uninterrupted_seconds": duration, "kills": kills, "uninterrupted_sha256": a, "resumed_sha256": b,
               "identical": a == b, "partial_files_total": sum(len(k["partial_files"]) for k in kills),
               "run_args": RUN_ARGS}
     io.write_json(out / "resume_check.json", result)
-    print(f"final container identical to the uninterrupted run: {a == b}; "
+    print(f"final containers ({', '.join(CONTAINERS)}) identical to the uninterrupted run's: {a == b}; "
           f"partial files seen: {result['partial_files_total']}; wrote {out / 'resume_check.json'}")
     return 0 if a == b and result["partial_files_total"] == 0 else 1
 
