@@ -141,9 +141,16 @@ def planned_recipe(recipe, p: dict):
 DEFAULT_OPTIONS = {"method": "deep", "schedule": "iterative:2", "skip_first": False}
 
 
+def default_recipe():
+    """The recipe of :data:`DEFAULT_OPTIONS` (the CLI's flags go over it in budget mode)."""
+    from edgecomp.recipe import Recipe
+    return Recipe.from_options(**DEFAULT_OPTIONS)
+
+
 def compress_within_budget(model, data, recipe=None, *, max_accuracy_drop: float | None = 1.0,
                            target_ratio: float | None = None, val_size: int = 2000, attempts: int = 3,
-                           verbose: int = 1, sensitivity: dict | None = None, slack: float = 2.0, **options):
+                           verbose: int = 1, sensitivity: dict | None = None, slack: float = 2.0, measure=None,
+                           **options):
     """Search per-layer rates and bits for the smallest container within the budget.
 
     Args:
@@ -157,6 +164,7 @@ def compress_within_budget(model, data, recipe=None, *, max_accuracy_drop: float
             None: :data:`DEFAULT_OPTIONS` (with ``**options`` over them).
         max_accuracy_drop: points of held-out accuracy the result may lose.
         target_ratio: aim at this size ratio against fp32 instead.
+        measure: ``Keras model -> ms`` for a structured latency target (see :func:`edgecomp.compress`).
 
     Returns:
         ``(CompressedModel, log)``: the result's ``recipe`` is the recipe found, its ``search`` the
@@ -174,7 +182,7 @@ def compress_within_budget(model, data, recipe=None, *, max_accuracy_drop: float
     if isinstance(recipe, dict):
         recipe = Recipe.from_config(recipe)
     if recipe is None:
-        recipe = Recipe.from_options(**{**DEFAULT_OPTIONS, **options})
+        recipe = Recipe.from_options(default_recipe(), **options)
     elif options:
         recipe = Recipe.from_options(recipe, **options)
     if max_accuracy_drop is None and target_ratio is None:
@@ -199,7 +207,7 @@ def compress_within_budget(model, data, recipe=None, *, max_accuracy_drop: float
     log, best = [], None
     for attempt in range(1, attempts + 1):
         model.set_weights(original)
-        result = compress(model, (x_fit, y_fit), planned_recipe(recipe, p), verbose=verbose)
+        result = compress(model, (x_fit, y_fit), planned_recipe(recipe, p), verbose=verbose, measure=measure)
         val = train.evaluate(result.decode(), x_val, y_val)
         drop = 100 * (base_val - val)
         kept = drop <= max_accuracy_drop

@@ -70,12 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="prune, fine-tune, share and store a .keras model as a .ecz container")
     p.add_argument("model", help="a .keras file")
     _add_data(p)
-    _add_compression(p)
+    _add_compression(p, defaults=False)
     p.add_argument("--train-size", type=_size, default=None)
     p.add_argument("--trust-model", action="store_true", help="allow a model that runs code on load (Lambda)")
     p.add_argument("-o", "--out", required=True, help="container to write (.ecz)")
     p.add_argument("--report", default=None, help="also write the per-layer report as JSON here")
-    g = p.add_argument_group("budgeted search (per-layer rates and bits from sensitivity curves; method deep)")
+    g = p.add_argument_group("budgeted search (per-layer rates and bits from sensitivity curves; by default method deep, "
+                             "iterative:2, every layer planned: edgecomp.budget.DEFAULT_OPTIONS)")
     g.add_argument("--max-accuracy-drop", type=float, default=None,
                    help="points of accuracy the search may lose on held-out training data")
     g.add_argument("--target-ratio", type=float, default=None, help="aim at this size ratio against fp32 instead")
@@ -149,13 +150,21 @@ def _data(args):
 
 def cmd_run(args):
     from edgecomp.run import RunConfig, best_recipe, run_job
-    recipe = recipe_from_args(args, base=best_recipe())
+    recipe = _recipe(args, base=best_recipe())
     run_job(RunConfig(model=args.model, model_options={"width": args.width} if args.width != 1.0 else {},
                       data=args.data, data_dir=args.data_dir, recipe=recipe, seed_rate=args.seed_rate,
                       epochs=args.epochs, train_size=args.train_size,
-                      test_size=args.test_size, batch_size=recipe.fine_tune.batch_size, latency_runs=args.latency_runs,
-                      threads=args.threads, out=args.out, seed=recipe.seed,
+                      test_size=args.test_size, latency_runs=args.latency_runs, threads=args.threads, out=args.out,
                       command=" ".join(["edgecomp", *sys.argv[1:]]), resume=args.resume))
+
+
+def _recipe(args, base=None):
+    """The recipe of the compression flags; a latency target's profile is checked here, before any work."""
+    recipe = recipe_from_args(args, base)
+    if recipe.structured is not None and recipe.structured.target_latency is not None:
+        import runtime_bench
+        runtime_bench.get_target(recipe.structured.profile)
+    return recipe
 
 
 def _latency_measure(recipe, ds):
@@ -171,24 +180,31 @@ def cmd_compress(args):
     from edgecomp.models import load_keras_model
     from edgecomp.pipeline import compress
 
+    budget = args.max_accuracy_drop is not None or args.target_ratio is not None
+    if budget:
+        from edgecomp.budget import default_recipe
+    recipe = _recipe(args, default_recipe() if budget else None)  # every flag checked before anything loads
     io.ensure_dir(os.path.dirname(os.path.abspath(args.out)))
     model = load_keras_model(args.model, trust=args.trust_model)
+    fp32_bytes = 4 * model.count_params()
     ds = _data(args)
     train.check_model_data(model, ds)
     from edgecomp.pruning import unsupported_layers
     for name in unsupported_layers(model):
         print(f"note: layer {name} has weights edgecomp can't prune; left dense "
               "(register its kind with edgecomp.pruning.register_prunable)", file=sys.stderr)
-    if args.max_accuracy_drop is not None or args.target_ratio is not None:
+    if budget:
         from edgecomp.budget import compress_within_budget
-        result, _ = compress_within_budget(model, ds, recipe_from_args(args), max_accuracy_drop=args.max_accuracy_drop,
-                                           target_ratio=args.target_ratio, val_size=args.val_size)
+        result, _ = compress_within_budget(model, ds, recipe, max_accuracy_drop=args.max_accuracy_drop,
+                                           target_ratio=args.target_ratio, val_size=args.val_size,
+                                           measure=_latency_measure(recipe, ds))
     else:
-        recipe = recipe_from_args(args)
         result = compress(model, ds, recipe, measure=_latency_measure(recipe, ds))
     result.save(args.out)
     if args.report:
-        io.write_json(args.report, {"settings": result.settings, "bytes": result.bytes, "layers": result.report})
+        io.write_json(args.report, {"settings": result.settings, "bytes": result.bytes, "fp32_bytes": fp32_bytes,
+                                    "layers": result.report, "structured": result.structured, "search": result.search,
+                                    "history": result.history})
     acc = train.evaluate(result.decode(), ds.x_test, ds.y_test)
     from edgecomp.report import text_table
     rows = [[r["name"], str(r["shape"]), f"{r['params']:,}", f"{r['nonzeros']:,}", f"{r['sparsity']:.1%}",
@@ -202,8 +218,14 @@ def cmd_compress(args):
             totals[n] = totals.get(n, 0) + b
     print("streams: " + ", ".join(f"{n} {b:,} B ({b / result.bytes:.1%})" for n, b in totals.items())
           + f"; headers {result.bytes - sum(totals.values()):,} B")
-    print(f"\nwrote {args.out}: {result.bytes:,} bytes ({4 * result.params / result.bytes:.1f}x smaller than fp32); "
-          f"decoded test accuracy {acc:.2%}")
+    st = result.structured
+    if st:
+        print(f"structured: MACs {st['macs_before']:,} -> {st['macs_after']:,} ({st['macs_after'] / st['macs_before']:.1%}), "
+              f"params {st['params_before']:,} -> {st['params_after']:,}")
+        for g in st["kept_whole"]:
+            print(f"  kept whole: {g['name']} ({'; '.join(g['reasons'])})")
+    print(f"\nwrote {args.out}: {result.bytes:,} bytes ({fp32_bytes / result.bytes:.1f}x smaller than the input model's "
+          f"fp32 weights); decoded test accuracy {acc:.2%}")
 
 
 def cmd_analyze(args):

@@ -114,11 +114,6 @@ def recipe_from_args(args, base=None):
     options, deep, structured = given(_RECIPE_FLAGS), given(_DEEP_FLAGS), given(_STRUCTURED_FLAGS)
     if getattr(args, "prune_first", False):
         options["skip_first"] = False
-    method = options.get("method", base.method if base is not None else "seed")
-    if method != "deep" and deep:
-        flag = "--" + next(d for d, o in _DEEP_FLAGS.items() if o in deep).replace("_", "-")
-        raise EdgecompError(f"{flag} sets weight sharing or entropy coding, which only --method deep does",
-                            fix=f"add --method deep, or drop {flag}")
     if str(structured.get("distill", "")).lower() in ("off", "none"):
         structured["distill"] = False
     if str(structured.get("channels", "")).lower() in ("off", "none"):
@@ -132,7 +127,4 @@ def recipe_from_args(args, base=None):
         flag = "--" + next(d for d, o in _STRUCTURED_FLAGS.items() if o in structured).replace("_", "-")
         raise EdgecompError(f"{flag} sets structured pruning, which needs --channels, --target-macs or --target-latency",
                             fix=f"add one of them, or drop {flag}")
-    if "target_latency" in structured:
-        import runtime_bench
-        runtime_bench.get_target(structured.get("latency_profile", "mobile-big"))  # an unknown profile fails here
     return Recipe.from_options(base, **options, **deep, **structured)

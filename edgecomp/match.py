@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 
-__all__ = ["matches", "first_match", "rule_value", "unmatched", "layer_name"]
+__all__ = ["matches", "rule_value", "unmatched", "layer_name"]
 
 
 def layer_name(path: str) -> str:
@@ -46,19 +46,6 @@ def matches(pattern: str, layer_name_or_path: str, weight_path: str | None = Non
     if weight_path is not None:
         names.append(weight_path)
     return any(fnmatch.fnmatchcase(n, pattern) for n in names)
-
-
-def first_match(patterns, layer_name: str, weight_paths=()) -> str | None:
-    """The first pattern (in order) that matches the layer's name or any of its weight paths, else None.
-
-    Example:
-        >>> first_match(["fc*", "*"], "fc1"), first_match({"conv*": 0.5}, "fc1")
-        ('fc*', None)
-    """
-    for pattern in patterns:
-        if matches(pattern, layer_name) or any(matches(pattern, layer_name, p) for p in weight_paths):
-            return pattern
-    return None
 
 
 def rule_value(rules, layer_name_or_path: str, default=None):

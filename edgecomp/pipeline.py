@@ -81,12 +81,11 @@ def _xy(data):
 
 
 def _report(model, container: bytes, masks) -> list[dict]:
-    from edgecomp.match import layer_name
     from edgecomp.structured import count_macs
 
     weights = store.model_weights(model)
     try:
-        macs = {layer_name(k): v for k, v in count_macs(model)[0].items()}
+        macs = count_macs(model)[0]           # by layer path, as the weight paths begin
     except EdgecompError:  # e.g. an input without a fixed shape: no MACs column
         macs = {}
     seen, rows = set(), []
@@ -100,7 +99,7 @@ def _report(model, container: bytes, masks) -> list[dict]:
                      "method": method, "bits": int(rec.params[0]) if method == "deep" else BITS.get(method),
                      "bytes": rec.stream_bytes,
                      "streams": {n: len(s) for n, s in zip(names, rec.streams)}})
-        layer = layer_name(rec.name)
+        layer = rec.name.rsplit("/", 1)[0]
         if layer in macs and layer not in seen:  # a layer's MACs on its first tensor's row
             rows[-1]["macs"] = macs[layer]
             seen.add(layer)
@@ -142,8 +141,8 @@ def _prune_and_fine_tune(model, x, y, recipe: Recipe, *, verbose, history, check
             h = train.fit(model, x, y, seed=seed + 1, callbacks=[cb], **fit_opts)
             history.append({"stage": "gradual", "rate": cfg.rate, **{k: v[-1] for k, v in h.items()}})
         masks = pruning.compute_masks(model, cfg.rate, **opts)
-        if checkpoints is not None:
-            checkpoints.save("pruned", model, masks, info={"history": history})
+        if checkpoints is not None:  # this stage's entry only: earlier stages keep their own
+            checkpoints.save("pruned", model, masks, info={"history": history[-1:]})
         return masks
     iterative = isinstance(cfg.schedule, Iterative)
     rates = cfg.schedule.step_rates(cfg.rate) if iterative else [cfg.rate]
@@ -228,6 +227,7 @@ def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: 
         recipe = Recipe.from_options(recipe, **options)
     x, y = _xy(data)
     history: list[dict] = []
+    _check_rules(model, recipe)  # structured pruning keeps layer names: a typo fails before any work
     structured = None
     if recipe.structured is not None:
         from edgecomp.structured_stage import run_structured
@@ -236,7 +236,6 @@ def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: 
     if not pruning.prunable_kernels(model, skip_first=recipe.pruning.skip_first):
         raise EdgecompError("the model has no prunable Conv/Dense kernels",
                             fix="compress a model with Conv or Dense layers")
-    _check_rules(model, recipe)
     masks = _prune_and_fine_tune(model, x, y, recipe, verbose=verbose, history=history, checkpoints=checkpoints)
     if recipe.sharing is None:
         specs = {name: "seed" for name in masks}

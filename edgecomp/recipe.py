@@ -115,8 +115,11 @@ class Sharing(Config):
 
     def __post_init__(self):
         from edgecomp.weight_sharing import INITS
-        found = dict(rules(self.bits, "bits", _bits))
-        object.__setattr__(self, "bits", tuple({"conv": 8, "dense": 5, **found}.items()))
+        found = rules(self.bits, "bits", _bits)
+        kinds = {"conv": 8, "dense": 5, **{p: b for p, b in found if p in ("conv", "dense")}}
+        seen: set = set()   # the first rule for a pattern wins, as in matching
+        globs = [(p, b) for p, b in found if p not in kinds and not (p in seen or seen.add(p))]
+        object.__setattr__(self, "bits", tuple(kinds.items()) + tuple(globs))
         if self.init not in INITS:
             raise EdgecompError(f"unknown k-means initialisation '{self.init}'", fix=f"use one of: {', '.join(INITS)}")
         _count("centroid epochs", self.epochs)
@@ -166,6 +169,8 @@ class Recipe(Config):
     ORDER: ClassVar[tuple] = ("structured", "pruning", "sharing", "coding")
 
     def __post_init__(self):
+        if self.structured is not None:
+            import edgecomp.structured_stage  # noqa: F401  (registers the stage's config class)
         for name, cls in STAGES.items():
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -209,10 +214,15 @@ class Recipe(Config):
 
     @classmethod
     def from_config(cls, config: dict) -> "Recipe":
-        if dict(config).get("structured") is not None:
+        config = dict(config)
+        if config.get("structured") is not None:
             import edgecomp.structured_stage  # noqa: F401  (registers the stage)
+        unknown = sorted(set(config) - set(STAGES) - {"seed"})
+        if unknown:
+            raise EdgecompError(f"Recipe has no setting(s) {', '.join(unknown)}",
+                                fix=f"use: {', '.join([*STAGES, 'seed'])}")
         return super().from_config({k: (v if k == "seed" or v is None else STAGES[k].from_config(v))
-                                    for k, v in dict(config).items()})
+                                    for k, v in config.items()})
 
     @classmethod
     def from_options(cls, recipe: "Recipe | None" = None, **options) -> "Recipe":
@@ -237,9 +247,15 @@ class Recipe(Config):
         if isinstance(o.get("layer_rates"), str):
             o["layer_rates"] = parse_rates(o["layer_rates"])
         method = o.get("method", base.method)
+        deep_only = [k for k in ("bits", *_SHARING, *_CODING) if k in options and options[k] is not None]
+        if method != "deep" and deep_only:
+            flag = "--" + deep_only[0].replace("_", "-")
+            raise EdgecompError(f"{flag} sets weight sharing or entropy coding, which only --method deep does",
+                                fix=f"add --method deep, or drop {flag}")
         pruning = base.pruning.replace(**{f: o[k] for k, f in _PRUNING.items() if k in o})
         fine_tune = base.fine_tune.replace(**{f: o[k] for k, f in _FINE_TUNE.items() if k in o})
-        coding = Coding(method, **{f: o.get(k, getattr(base.coding, f)) for k, f in _CODING.items()})
+        coding = (Coding(method, **{f: o.get(k, getattr(base.coding, f)) for k, f in _CODING.items()})
+                  if method == "deep" else Coding(method))
         sharing = None
         if method == "deep":
             sharing = base.sharing or Sharing()

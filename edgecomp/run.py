@@ -49,7 +49,6 @@ class RunConfig:
     lr_schedule: str = "cosine"
     train_size: int | None = 30000
     test_size: int | None = None
-    batch_size: int = 64
     calibration_size: int = 200
     parity_size: int = 256
     latency_runs: int = 200
@@ -57,10 +56,19 @@ class RunConfig:
     variants: tuple[str, ...] = ("tflite:fp32", "tflite:int8", "onnx:fp32")
     seed_variants: tuple[str, ...] = ("tflite:int8",)
     out: str = "runs/latest"
-    seed: int = 0
     verbose: int = 1
     command: str = "edgecomp run"
     resume: bool = False
+
+    @property
+    def seed(self) -> int:
+        """The recipe's seed: the baseline's initial weights and shuffling come from it too."""
+        return self.recipe.seed
+
+    @property
+    def batch_size(self) -> int:
+        """The recipe's batch size, which the baseline trains with too."""
+        return self.recipe.fine_tune.batch_size
 
     def fingerprint(self) -> dict:
         """The settings that decide the results (a resumed run must match them)."""
@@ -183,7 +191,11 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
     for key, recipe, variants in runs:
         _log(cfg, f"compressing with {'the seed' + chr(39) + 's method' if key == 'seed' else 'edgecomp'}: "
                   f"{recipe.describe()}")
-        result = compress(load_keras_model(base_path), ds, recipe, verbose=cfg.verbose,
+        measure = None
+        if recipe.structured is not None and recipe.structured.target_latency is not None:
+            from exporters.latency import latency_measure
+            measure = latency_measure(recipe.structured.profile, ds.x_test[:1])
+        result = compress(load_keras_model(base_path), ds, recipe, verbose=cfg.verbose, measure=measure,
                           info={"model": cfg.model, "data": cfg.data},
                           checkpoints=Checkpoints(out / "checkpoints" / key, cfg.fingerprint(), resume=cfg.resume))
         ecz = out / f"{key}.ecz"

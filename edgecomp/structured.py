@@ -135,8 +135,8 @@ def _batches(data, batches: int, batch_size: int):
 def _loss_for(model, graph, y, loss):
     import keras
 
-    if loss or getattr(model, "loss", None):
-        return keras.losses.get(loss or model.loss)
+    if loss:  # never model.loss: a model compiled for distillation takes packed targets
+        return keras.losses.get(loss)
     last = graph.outputs[0].producer.layer
     act = getattr(getattr(last, "activation", None), "__name__", "")
     logits = type(last).__name__ != "Softmax" and act != "softmax"

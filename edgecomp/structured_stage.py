@@ -22,13 +22,8 @@ from edgecomp.pruning_config import Config, rules
 
 
 def _keep(value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if isinstance(value, bool) or not 0.0 < v <= 1.0:
-        raise EdgecompError(f"channel keep ratio must be in (0, 1], got {value!r}", fix="e.g. --channels 0.5")
-    return v
+    from edgecomp.structured import _check_keep
+    return _check_keep(value, "channel keep ratio")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +68,10 @@ class Structured(Config):
         if len(targets) > 1:
             raise EdgecompError(f"structured pruning takes one of --channels, --target-macs, --target-latency, "
                                 f"got {', '.join(targets)}", fix="pass only one")
+        if self.layer_keep and (self.target_macs is not None or self.target_latency is not None):
+            raise EdgecompError("per-layer --channels rules and a MACs or latency target can't be combined "
+                                "(the target search sets one ratio for every group)",
+                                fix="use the rules with a keep ratio, or the target alone")
         if not targets and not self.layer_keep:
             raise EdgecompError("structured pruning needs a keep ratio or a target",
                                 fix="pass --channels R, --target-macs F or --target-latency MS")
@@ -153,7 +152,7 @@ def _final_keep(model, cfg: Structured, x, y, measure) -> tuple[float | None, di
         base = count_macs(model)[1]
         keep, _, _, value = search_keep(model, lambda m: count_macs(m)[1] / base, cfg.target_macs,
                                         what=f"{cfg.target_macs:.1%} of the MACs", **opts)
-        return keep, {"target_macs": cfg.target_macs, "searched_keep": keep, "macs_fraction": value}
+        return keep, {"target_macs": cfg.target_macs, "searched_keep": keep, "searched_macs_fraction": value}
     if measure is None:
         raise EdgecompError("a latency target needs a measured latency, and compress() was given no measure",
                             fix="use the edgecomp CLI, or pass measure=(a function: Keras model -> ms)")
@@ -180,7 +179,10 @@ def run_structured(model, x, y, recipe, *, verbose: int, history: list, checkpoi
         info = checkpoints.info(f"structured-{last}")
         history.extend(checkpoints.info(f"structured-{i}")["history"] for i in range(1, last + 1))
         return checkpoints.load_model(f"structured-{last}"), info["report"]
-    final, searched = _final_keep(model, cfg, x, y, measure)
+    if last:  # the search's answer is in the checkpoints: a resumed run follows the same schedule
+        final, searched = checkpoints.info("structured-1")["final"], checkpoints.info("structured-1")["searched"]
+    else:
+        final, searched = _final_keep(model, cfg, x, y, measure)
     current, steps_report, teacher_probs = model, [], None
     if last:
         current = checkpoints.load_model(f"structured-{last}")
@@ -191,7 +193,15 @@ def run_structured(model, x, y, recipe, *, verbose: int, history: list, checkpoi
                     lr_schedule=ft.lr_schedule, verbose=verbose)
     out = None
     for i in range(last + 1, cfg.steps + 1):
-        current, step = prune_channels(current, _step_spec(cfg, final, i), importance=cfg.importance,
+        spec = _step_spec(cfg, final, i)
+        if cfg.target_macs is not None and i == cfg.steps and cfg.steps > 1:
+            # the last step meets the target on the model the earlier steps left (rounding compounds)
+            from edgecomp.structured import search_keep
+            spec = search_keep(current, lambda m: count_macs(m)[1] / macs_before, cfg.target_macs,
+                               importance=cfg.importance, data=(x, y) if x is not None else None,
+                               ranking=cfg.ranking, round_to=cfg.round_to,
+                               what=f"{cfg.target_macs:.1%} of the MACs")[0]
+        current, step = prune_channels(current, spec, importance=cfg.importance,
                                        data=(x, y) if x is not None else None, ranking=cfg.ranking,
                                        round_to=cfg.round_to)
         k = None if final is None else 1.0 - (1.0 - final) * i / cfg.steps
@@ -211,9 +221,14 @@ def run_structured(model, x, y, recipe, *, verbose: int, history: list, checkpoi
         out = _report(step, steps_report, searched, macs_before, params_before, current)
         after = channel_widths(current)
         out["channels"] = {n: [w, after.get(n)] for n, w in widths.items()}
+        if i == cfg.steps:
+            out["macs_fraction"] = out["macs_after"] / max(1, macs_before)   # of the final model, measured
+            if cfg.target_latency is not None and measure is not None:
+                out["final_measured_ms"] = float(measure(current))
         if checkpoints is not None:
             checkpoints.save_model(f"structured-{i}", current,
-                                   info={"history": entry, "step": steps_report[-1], "report": out})
+                                   info={"history": entry, "step": steps_report[-1], "report": out,
+                                         "final": final, "searched": searched})
     return current, out
 
 

@@ -11,7 +11,8 @@ and the measured latency of every export, side by side with the unpruned net's f
    fine-tuning after each, the same for both), no magnitude pruning; the container stores the
    smaller model's weights as int8 (the seed's coding at rate 0).
 3. The smallest keep ratio whose better variant stays within ``--max-drop`` points of the baseline's
-   test accuracy then goes through Deep Compression (``--deep-rate``, weight sharing, entropy coding).
+   test accuracy is run again end to end from the float baseline with Deep Compression after the
+   structured stage, in one ``compress()`` call (``--deep-rate``, weight sharing, entropy coding).
 4. Every model is exported as TFLite fp32/int8 and ONNX fp32/int8 (each behind the parity gate), and
    every file is timed at batch 1, 1 thread, in ``--rounds`` interleaved rounds, each file in a fresh
    process; a file's latency is the median of its rounds, its speedup the median over rounds of the
@@ -106,24 +107,25 @@ def train_models(args, ds, out, state, save):
         print(f"   {state['models'][name]['accuracy']:.2%}, MACs {s['macs_after'] / s['macs_before']:.3f} of the "
               f"baseline's, {time.time() - t:.0f} s", flush=True)
         save()
-    # Deep Compression of the smallest keep ratio within the budget (its better variant).
+    # edgecomp's whole recipe, end to end from the float baseline: the structured stage of the smallest keep
+    # ratio within the budget (its better variant), then Deep Compression in the same compress() call.
     fits = [(n, m) for n, m in state["models"].items() if n != "baseline" and "deep" not in n
             and 100 * (base["accuracy"] - m["accuracy"]) <= args.max_drop]
     if fits and "deep" not in state:
-        pick = min(fits, key=lambda nm: (nm[1]["macs"], -nm[1]["accuracy"]))
-        name, m = pick
-        print(f"\n== Deep Compression of {name}", flush=True)
+        name, m = min(fits, key=lambda nm: (nm[1]["macs"], -nm[1]["accuracy"]))
+        recipe = _recipes(args)[name]
+        recipe = Recipe.from_options(recipe, method="deep", rate=args.deep_rate, fine_tune_epochs=1, centroid_epochs=1)
+        print(f"\n== {name} + deep: {recipe.describe()}", flush=True)
         t = time.time()
-        recipe = Recipe.from_options(method="deep", rate=args.deep_rate, fine_tune_epochs=1, lr_schedule="cosine",
-                                     centroid_epochs=1)
-        result = compress(store.load_compressed(m["file"]), ds, recipe)
+        result = compress(load_keras_model(base_path), ds, recipe)
         path = out / "deep.ecz"
         result.save(path)
         decoded = store.load_compressed(path)
         state["models"][f"{name} + deep"] = {
-            "file": str(path), "params": decoded.count_params(), "macs": m["macs"], "keep": m["keep"],
-            "distill": m["distill"], "accuracy": train.evaluate(decoded, ds.x_test, ds.y_test),
-            "container_bytes": result.bytes, "deep": recipe.describe(), "seconds": time.time() - t}
+            "file": str(path), "params": decoded.count_params(), "macs": result.structured["macs_after"],
+            "keep": m["keep"], "distill": m["distill"], "accuracy": train.evaluate(decoded, ds.x_test, ds.y_test),
+            "container_bytes": result.bytes, "recipe": recipe.get_config(), "describe": recipe.describe(),
+            "seconds": time.time() - t}
         state["deep"] = f"{name} + deep"
         save()
 

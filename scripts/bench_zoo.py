@@ -121,18 +121,56 @@ def export_variants() -> list:
     return parse_variants("tflite,onnx", "fp32,int8")[0]
 
 
+def export_checked(model, name: str, ds, out: Path, ref, queue: list, x_cal, stem: str | None = None) -> list[dict]:
+    """Export ``model`` as each variant of ``queue`` to ``out`` and check each file's parity
+    against ``model`` on the test set (``ref``: its outputs there): one entry per file, a failed
+    check or an exporter error is a row (the file stays), and an int8 file out of parity queues
+    the same format's ``int16x8`` variant. Files are named ``{stem or name}_{variant}{suffix}``."""
+    from edgecomp.errors import first_line
+    from exporters import VARIANTS, check_parity, export
+    from exporters.variants import Variant
+    from runtime_bench import open_runner
+
+    x, y = ds.x_test, ds.y_test
+    queue = list(queue)
+    artifacts = []
+    for variant in queue:
+        fmt, path = variant.format, out / variant.filename(stem or name)
+        entry = {"format": fmt, "variant": variant.name, "file": path.name}
+        try:
+            art = export(model, fmt, variant, path, calibration=x_cal)
+            thresholds = {"top1_agreement": 0.999} if ds.task == "segmentation" and variant.name == "fp32" else None
+            figures = check_parity(model, art, x, y, thresholds=thresholds, variant=variant)
+            entry.update({"bytes": art.bytes, "gzip_bytes": art.gzip_bytes,
+                          "max_abs_diff": figures.get("max_abs_diff"),
+                          "top1_agreement": figures.get("top1_agreement"),
+                          "accuracy_delta": figures.get("accuracy_delta"),
+                          "passed": figures["passed"], "failures": figures["failures"]})
+            if ds.task == "segmentation":
+                options = {k: art.needs[k] for k in ("resolver", "optimization") if art.needs.get(k)}
+                entry["mask_iou"] = mask_iou(open_runner(path, threads=1, **options).predict(x), ref)
+                if variant.name == "fp32" and entry["mask_iou"] < 0.999:
+                    entry["passed"] = False
+                    entry["failures"].append(f"fp32 mask IoU {entry['mask_iou']:.4f} < 0.999 required")
+        except Exception as exc:  # an exporter bug or a converter refusal is one row, not the end of the run
+            entry.update({"passed": False, "error": f"{type(exc).__name__}: {first_line(exc, default='')}"})
+        artifacts.append(entry)
+        if variant.name == "int8" and entry.get("failures") and "int16x8" in VARIANTS.get(fmt, ()):
+            queue.append(Variant.parse(fmt, "int16x8"))  # int8 out of parity: try 16-bit activations too
+        state = "ok" if entry["passed"] else "FAILED " + "; ".join(entry.get("failures") or [entry.get("error", "")])
+        print(f"[{name}] {fmt} {variant}: {entry.get('bytes', '-')} B, parity {state}", flush=True)
+    return artifacts
+
+
 def run_model(name: str, args, out: Path) -> dict:
     import numpy as np
 
     from edgecomp import store, train
     from edgecomp.models import build_model
     from edgecomp.pipeline import compress
-    from edgecomp.errors import first_line
     from edgecomp.train import predict
     from edgecomp.zoo import evaluate
-    from exporters import VARIANTS, check_parity, export
-    from exporters.variants import Variant
-    from runtime_bench import bench_files, open_runner
+    from runtime_bench import bench_files
 
     start = time.time()
     ds, note = load_data(name, args)
@@ -170,33 +208,7 @@ def run_model(name: str, args, out: Path) -> dict:
     x_cal = ds.x_train[:512]
     x, y = ds.x_test, ds.y_test
     ref = predict(decoded, x)
-    artifacts = []
-    queue = export_variants()
-    for variant in queue:
-        fmt, path = variant.format, out / variant.filename(name)
-        entry = {"format": fmt, "variant": variant.name, "file": path.name}
-        try:
-            art = export(decoded, fmt, variant, path, calibration=x_cal)
-            thresholds = {"top1_agreement": 0.999} if ds.task == "segmentation" and variant.name == "fp32" else None
-            figures = check_parity(decoded, art, x, y, thresholds=thresholds, variant=variant)
-            entry.update({"bytes": art.bytes, "gzip_bytes": art.gzip_bytes,
-                          "max_abs_diff": figures.get("max_abs_diff"),
-                          "top1_agreement": figures.get("top1_agreement"),
-                          "accuracy_delta": figures.get("accuracy_delta"),
-                          "passed": figures["passed"], "failures": figures["failures"]})
-            if ds.task == "segmentation":
-                options = {k: art.needs[k] for k in ("resolver", "optimization") if art.needs.get(k)}
-                entry["mask_iou"] = mask_iou(open_runner(path, threads=1, **options).predict(x), ref)
-                if variant.name == "fp32" and entry["mask_iou"] < 0.999:
-                    entry["passed"] = False
-                    entry["failures"].append(f"fp32 mask IoU {entry['mask_iou']:.4f} < 0.999 required")
-        except Exception as exc:  # an exporter bug or a converter refusal is one row, not the end of the run
-            entry.update({"passed": False, "error": f"{type(exc).__name__}: {first_line(exc, default='')}"})
-        artifacts.append(entry)
-        if variant.name == "int8" and entry.get("failures") and "int16x8" in VARIANTS.get(fmt, ()):
-            queue.append(Variant.parse(fmt, "int16x8"))  # int8 out of parity: try 16-bit activations too
-        state = "ok" if entry["passed"] else "FAILED " + "; ".join(entry.get("failures") or [entry.get("error", "")])
-        print(f"[{name}] {fmt} {variant}: {entry.get('bytes', '-')} B, parity {state}", flush=True)
+    artifacts = export_checked(decoded, name, ds, out, ref, export_variants(), x_cal)
 
     stages["export"], tick = round(time.time() - tick, 1), time.time()
     files = [out / a["file"] for a in artifacts if (out / a["file"]).is_file()]

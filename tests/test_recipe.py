@@ -9,7 +9,7 @@ from edgecomp import codec, train
 from edgecomp.cli import main
 from edgecomp.data import load_dataset
 from edgecomp.errors import EdgecompError
-from edgecomp.match import first_match, matches, rule_value
+from edgecomp.match import matches, rule_value
 from edgecomp.models import build_model
 from edgecomp.pipeline import compress
 from edgecomp.pruning_config import BlockMagnitude, Gradual, Iterative, Magnitude, criterion_from, schedule_from
@@ -106,7 +106,6 @@ def test_matching_rule_layer_name_or_weight_path():
     assert matches("*/bias", "fc1/bias")
     assert rule_value({"block*": 0.5, "fc1": 0.9, "*": 0.1}, "fc1/kernel") == 0.9
     assert rule_value([("x", 1)], "fc1/kernel", default=7) == 7
-    assert first_match(["conv*", "fc*"], "fc1", ["fc1/kernel"]) == "fc*"
 
 
 def test_recipe_round_trips_and_validates():
@@ -169,3 +168,27 @@ def test_deep_only_flags_with_the_seed_method_are_refused(model_file, capsys):
     code = main(["compress", str(model_file), "--data", "synthetic_images", "--bits", "fc1=3", "-o", "x.ecz"])
     err = capsys.readouterr().err
     assert code == 2 and "only --method deep" in err and len(err.strip().splitlines()) == 1
+
+
+def test_recipe_checks_from_the_library_too():
+    from edgecomp.structured_stage import Structured
+    assert isinstance(Recipe(structured={"keep": 0.5}).structured, Structured)
+    for make in (lambda: Recipe(structured=0.5), lambda: Recipe.from_config({"pruning": {}, "bogus": 1}),
+                 lambda: Recipe.from_options(rate=0.8, bits="conv=4"), lambda: Recipe.from_options(coder="deflate")):
+        with pytest.raises(EdgecompError):
+            make()
+    # switching a deep recipe to the seed's method drops its coding settings
+    deep = Recipe.from_options(method="deep", coder="deflate", index_bits=4)
+    assert Recipe.from_options(deep, method="seed").coding == Coding("seed")
+    # the first bits rule for a pattern wins, as in matching: a budget plan can't override a pinned rule
+    assert Sharing(bits=[("fc1/kernel", 3), ("fc1/kernel", 5)]).bits_map["fc1/kernel"] == 3
+
+
+def test_budget_mode_builds_on_the_search_defaults(model_file, tmp_path):
+    rep = tmp_path / "r.json"
+    assert main(["compress", str(model_file), "--data", "synthetic_images", "--test-size", "50",
+                 "--max-accuracy-drop", "50", "--val-size", "100", "-o", str(tmp_path / "b.ecz"),
+                 "--report", str(rep)]) == 0
+    settings = json.loads(rep.read_text())["settings"]
+    assert settings["coding"]["method"] == "deep" and settings["pruning"]["skip_first"] is False
+    assert settings["pruning"]["schedule"] == {"kind": "iterative", "steps": 2}

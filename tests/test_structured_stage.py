@@ -154,3 +154,20 @@ def test_cli_channels_rules_reach_the_container(trained, tmp_path):
     small = store.load_compressed(out)
     assert small.get_layer("fc1").units == 32 and small.get_layer("block1_conv1").filters == 8
     assert json.loads(rep.read_text())["settings"]["structured"]["keep"] is None
+
+
+def test_taylor_importance_over_distilled_steps(trained):
+    ds, path = trained
+    recipe = Recipe.from_options(channels=0.5, structured_steps=2, importance="taylor", distill="4,0.7")
+    result = compress(_load(path), ds, recipe, verbose=0)   # step 2 scores a model compiled for distillation
+    assert result.structured["channels"]["fc1"] == [128, 64]
+
+
+def test_macs_target_over_steps_is_met_by_the_final_model(trained):
+    ds, path = trained
+    recipe = Recipe.from_options(target_macs=0.3, structured_steps=3, round_to=4, structured_epochs=0,
+                                 fine_tune_epochs=0)
+    s = compress(_load(path), ds, recipe, verbose=0).structured
+    assert s["macs_after"] <= 0.3 * s["macs_before"] and s["macs_fraction"] == s["macs_after"] / s["macs_before"]
+    with pytest.raises(EdgecompError, match="can't be combined"):
+        Recipe.from_options(channels="fc1=0.5", target_macs=0.3)
