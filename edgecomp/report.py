@@ -89,7 +89,7 @@ def markdown(report: dict) -> str:
         f"Made by `{report['config'].get('command', 'edgecomp run')}` in {report['seconds']:.0f} s.", "",
         f"Data: {report['data']['train']} train / {report['data']['test']} test samples from "
         f"`{report['data']['source']}`. Latency: batch 1, {report['config'].get('threads', 1)} thread(s), "
-        "median and p90 after warm-up, each artifact in a fresh process.", "",
+        f"median and p90 after warm-up, each artifact in a fresh process. Machine: {report.get('machine', 'not recorded')}.", "",
         markdown_table(MODEL_HEAD, model_rows(report)), "",
         markdown_table(ARTIFACT_HEAD, artifact_rows(report)), "",
         f"**{headline_text(report)}**" if report.get("headline") else "", "",

@@ -226,6 +226,7 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
         "layers": results["edgecomp"][0].report,
         "artifacts": artifacts,
         "bench": records,
+        "machine": runtime_bench.targets.cpu_description(),
         "seconds": time.time() - started,
     }
     if "seed" in results:

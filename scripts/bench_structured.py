@@ -212,7 +212,7 @@ def markdown(args, state, cmd: str) -> str:
              f"distillation (+KD: temperature and weight {args.distill}); its container holds the smaller model as "
              f"int8 (the seed's coding, no pruning). Latency: batch 1, 1 thread, median of {args.rounds} interleaved "
              "rounds, each file in a fresh process; speedup = the baseline fp32 TFLite's time over the file's, "
-             "median over rounds. Every file passed the parity gate unless marked.", "",
+             f"median over rounds. Every file passed the parity gate unless marked. Machine: {state.get('machine')}.", "",
              markdown_table(head, rows, "l" + "r" * (len(head) - 1)), ""]
     # MACs reduction against measured speedup
     rows2 = []
@@ -249,6 +249,15 @@ def summarize(args, state) -> dict:
         lines.append(f"fastest parity-passing export within {args.max_drop} point(s): {best[0]}, {best[1]}: "
                      f"{best[3]:.3f} ms vs {base_tfl.get('median_ms', float('nan')):.3f} ms for the baseline fp32 "
                      f"TFLite = **{best[2]:.1f}x faster** (target >= 6x: {'met' if best[2] >= 6 else 'missed'})")
+        same = ex.get(f"{best[0]} | tflite:fp32", {})
+        if same.get("speedup"):
+            lines.append(f"fp32 against fp32 (the same kernels on both sides): {best[0]} tflite fp32 "
+                         f"{same['median_ms']:.3f} ms = {same['speedup']:.1f}x faster than the baseline fp32 TFLite")
+        own = [(k, e) for k, e in ex.items() if e.get("model") == "baseline" and e["passed"] and e.get("speedup")]
+        if own:
+            k, e = max(own, key=lambda ke: ke[1]["speedup"])
+            lines.append(f"against the baseline's own fastest parity-passing export ({k.split(' | ')[1]}, "
+                         f"{e['median_ms']:.3f} ms): {e['median_ms'] / best[3]:.1f}x faster")
     deep = state.get("deep")
     if deep:
         m = state["models"][deep]
@@ -319,6 +328,8 @@ def main(argv=None) -> int:
     if state.get("settings") != settings:
         state = {"settings": settings, "models": {}, "exports": {}}
     state["data"] = {"train": len(ds.x_train), "test": len(ds.x_test), "source": ds.source}
+    from runtime_bench.targets import cpu_description
+    state["machine"] = cpu_description()
 
     def save():
         io.write_json(state_path, state)
