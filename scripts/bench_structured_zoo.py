@@ -1,0 +1,453 @@
+#!/usr/bin/env python
+"""Every zoo model pruned to half its channels: MACs and measured latency before and after.
+
+    python scripts/bench_structured_zoo.py                      # all six, synthetic stand-ins
+    python scripts/bench_structured_zoo.py --models resnet,unet --rounds 5
+
+Per model (vgg, resnet, densenet, inception, unet, pointnet), at ``scripts/bench_zoo.py``'s small
+sizes and on its data (``bench_zoo.SPECS`` / ``bench_zoo.load_data``):
+
+1. Train it as bench_zoo does (same epochs, batch size and samples): the baseline.
+2. Export the baseline as TFLite fp32 and ONNX fp32 (parity-checked): the latency "before".
+3. ``compress(baseline, ds, Recipe.from_options(channels=0.5, structured_epochs=E, rate=0.8,
+   fine_tune_epochs=E))``: the recipe's structured stage removes half of every dependency group's
+   channels (l1 importance) and fine-tunes E epochs (bench_zoo's fine-tuning epochs), then the
+   seed's method (rate 0.8, int8 values, uint8 index gaps) prunes, fine-tunes and codes it into
+   the container, as bench_zoo does with the unpruned net.
+4. Decode the container and export it as TFLite and ONNX, fp32 and int8, each checked for
+   parity with the decoded model by bench_zoo's rule (``bench_zoo.export_checked``: the
+   exporters' default thresholds, UNet fp32 by mask IoU >= 0.999; an int8 file that misses is
+   recorded as FAIL and the format's int16x8 variant is exported and checked too).
+5. Time every file (baseline and pruned) at batch 1, 1 thread, each in a fresh process
+   (``runtime_bench.bench_files``), in ``--rounds`` interleaved rounds whose order alternates;
+   a file's latency is the median of its rounds, its speedup the median over rounds of the
+   baseline's same-format fp32 time in that round over its own.
+
+Writes ``bench_structured_zoo.json`` (also the resume state: finished models are skipped when the
+settings match) and ``bench_structured_zoo.md`` to ``--out`` (default ``docs/results/structured_zoo``)
+after each model, atomically; model files go to ``--work`` (default ``runs/bench_structured_zoo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_zoo import MODELS, SPECS, export_checked, export_variants, load_data  # noqa: E402
+
+JSON_NAME, MD_NAME = "bench_structured_zoo.json", "bench_structured_zoo.md"
+#: The per-file columns of the table, in order (pruned file variant -> baseline file it is timed against).
+COLUMNS = (("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
+SETTINGS = ("keep", "compress_rate", "epochs", "fine_tune_epochs", "n_train", "n_test", "batch_size", "rounds",
+            "runs", "data_dir", "importance")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    p.add_argument("--keep", type=float, default=0.5, help="fraction of each group's channels to keep")
+    p.add_argument("--importance", default="l1", help="channel importance criterion")
+    p.add_argument("--data-dir", default=None, help="folder holding the real datasets (default: $EDGECOMP_DATA)")
+    p.add_argument("--n-train", type=int, default=512, help="training samples per model")
+    p.add_argument("--n-test", type=int, default=128, help="test samples (accuracy, parity)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: bench_zoo's per model)")
+    p.add_argument("--fine-tune-epochs", type=int, default=None,
+                   help="structured and masked fine-tuning epochs (default: bench_zoo's per model)")
+    p.add_argument("--compress-rate", type=float, default=0.8, help="the seed's method's pruning rate")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (order alternates)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per file per round (batch 1, 1 thread)")
+    p.add_argument("--out", default="docs/results/structured_zoo", help="folder for the JSON and Markdown")
+    p.add_argument("--work", default="runs/bench_structured_zoo", help="folder for the model files")
+    p.add_argument("--fresh", action="store_true", help="ignore finished models in the JSON (no resume)")
+    return p
+
+
+# -- how the graph was handled ------------------------------------------------------
+
+def coupling(model, structured: dict) -> dict:
+    """What the structured report shows about residual adds, concatenations and BatchNorm."""
+    from edgecomp.graph import ModelGraph
+
+    kinds = {}
+    for node in ModelGraph(model).layer_nodes():
+        kinds[node.path] = type(node.layer).__name__
+    groups = structured["groups"]
+    members = [[m.rsplit(":", 1) for m in g["members"]] for g in groups]
+    merged = [g["name"] for g in groups if len(g["producers"]) > 1]
+    spans: dict[str, set] = {}
+    for g, ms in zip(groups, members):
+        for path, role in ms:
+            if role in ("in", "mid"):
+                spans.setdefault(path, set()).add(g["name"])
+    bn_layers = sorted(p for p, k in kinds.items() if k == "BatchNormalization")
+    bn_grouped = sorted({p for ms in members for p, role in ms if kinds.get(p) == "BatchNormalization"})
+    return {
+        "add_layers": sum(k in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum") for k in kinds.values()),
+        "concat_layers": sum(k == "Concatenate" for k in kinds.values()),
+        "groups": len(groups),
+        "multi_producer_groups": merged,
+        "multi_producer_producers": {g["name"]: g["producers"] for g in groups if len(g["producers"]) > 1},
+        "concat_consumers": {p: sorted(s) for p, s in spans.items() if len(s) > 1},
+        "bn_layers": len(bn_layers),
+        "bn_in_groups": len(bn_grouped),
+        "groups_with_bn": sum(any(kinds.get(p) == "BatchNormalization" for p, _ in ms) for ms in members),
+        "bn_not_in_groups": [p for p in bn_layers if p not in bn_grouped],
+        "kept_whole": structured["kept_whole"],
+    }
+
+
+# -- latency --------------------------------------------------------------------------
+
+def time_rounds(files: list[Path], x, rounds: int, runs: int, log=print) -> list[dict]:
+    """``rounds`` interleaved rounds over ``files`` (order reversed every other round), each file
+    in a fresh process: ``[{file name: median ms or None}, ...]``, one dict per round."""
+    from runtime_bench import bench_files
+
+    out = []
+    for r in range(rounds):
+        order = files if r % 2 == 0 else files[::-1]
+        recs = bench_files(order, x[:8], None, threads=1, progress=False, task=None, runs=runs, warmup=5,
+                           min_time_s=0.2, isolate=True)
+        times = {Path(rec["file"]).name: rec.get("median_ms") for rec in recs}
+        errors = {Path(rec["file"]).name: rec["error"] for rec in recs if rec.get("error")}
+        out.append({"ms": times, "errors": errors})
+        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}"
+                                                    for k, v in times.items()))
+    return out
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return float(statistics.median(values)) if values else None
+
+
+def summarize_latency(artifacts: list[dict], baseline: list[dict], rounds: list[dict]) -> None:
+    """Fill each artifact's ``median_ms``, ``before_ms`` (its format's baseline fp32) and ``speedup``."""
+    base_file = {a["format"]: a["file"] for a in baseline}
+    for a in baseline + artifacts:
+        a["round_ms"] = [rd["ms"].get(a["file"]) for rd in rounds]
+        a["median_ms"] = _median(a["round_ms"])
+        a["bench_error"] = next((rd["errors"][a["file"]] for rd in rounds if a["file"] in rd["errors"]), None)
+    for a in artifacts:
+        b = base_file.get(a["format"])
+        a["before_file"] = b
+        a["before_ms"] = _median([rd["ms"].get(b) for rd in rounds]) if b else None
+        ratios = [rd["ms"][b] / rd["ms"][a["file"]] for rd in rounds
+                  if b and rd["ms"].get(b) and rd["ms"].get(a["file"])]
+        a["speedup"] = _median(ratios)
+
+
+# -- one model ------------------------------------------------------------------------
+
+def run_model(name: str, args, work: Path, log=None) -> dict:
+    """Train, export the baseline, prune to ``args.keep`` of the channels through the recipe and the
+    container, export and check, time in interleaved rounds: the model's JSON row."""
+    import keras
+
+    from edgecomp import io, store, train
+    from edgecomp.models import build_model
+    from edgecomp.pipeline import compress
+    from edgecomp.recipe import Recipe
+    from edgecomp.structured import count_macs
+    from edgecomp.train import predict
+    from edgecomp.zoo import evaluate
+    from exporters.variants import Variant
+
+    log = log or (lambda msg: print(f"[{name}] {msg}", flush=True))
+    start = tick = time.time()
+    stages: dict[str, float] = {}
+
+    def lap(stage):
+        nonlocal tick
+        stages[stage], tick = round(time.time() - tick, 1), time.time()
+
+    ds, note = load_data(name, args)
+    spec = SPECS[name]
+    epochs = args.epochs if args.epochs is not None else spec.get("epochs", 4)
+    fine_tune = args.fine_tune_epochs if args.fine_tune_epochs is not None else spec.get("fine_tune_epochs", 3)
+    row = {"model": name, "options": spec["options"], "data": ds.name, "source": note, "task": ds.task,
+           "n_train": int(len(ds.x_train)), "n_test": int(len(ds.x_test)), "epochs": epochs,
+           "fine_tune_epochs": fine_tune, "keep": args.keep, "stage_seconds": stages}
+    log(f"{ds.name}: {note}; {len(ds.x_train)} train / {len(ds.x_test)} test; {epochs} epochs, then "
+        f"{fine_tune} structured + {fine_tune} masked fine-tuning epochs")
+
+    keras.utils.set_random_seed(0)
+    model = build_model(name, ds.input_shape, ds.num_classes, **spec["options"])
+    train.fit(model, ds.x_train, ds.y_train, epochs=epochs, batch_size=args.batch_size, verbose=0)
+    row["before"] = evaluate(model, ds.x_test, ds.y_test, task=ds.task)
+    row["params_before"] = int(model.count_params())
+    row["macs_before"] = int(count_macs(model)[1])
+    with io.atomic_path(work / f"{name}_baseline.keras") as tmp:
+        model.save(tmp)
+    lap("train")
+    log(f"baseline: {row['params_before']:,} params, {row['macs_before']:,} MACs, acc {row['before']['accuracy']:.3f}")
+
+    x_cal = ds.x_train[:512]
+    base_queue = [Variant.parse("tflite", "fp32"), Variant.parse("onnx", "fp32")]
+    row["baseline_files"] = export_checked(model, name, ds, work, predict(model, ds.x_test), base_queue, x_cal,
+                                           stem=f"{name}_baseline")
+    lap("export_baseline")
+
+    recipe = Recipe.from_options(channels=args.keep, structured_epochs=fine_tune, importance=args.importance,
+                                 rate=args.compress_rate, fine_tune_epochs=fine_tune, batch_size=args.batch_size)
+    row["recipe"] = recipe.describe()
+    result = compress(model, ds, recipe, verbose=0, info={"model": name, "data": ds.name})
+    if model.count_params() != row["params_before"]:
+        raise RuntimeError("the structured stage changed the baseline model")  # it prunes a copy
+    container = work / f"{name}_structured.ecz"
+    result.save(container)
+    decoded = store.load_compressed(container)
+    s = result.structured
+    row.update({"params_after": int(decoded.count_params()), "macs_after": int(count_macs(decoded)[1]),
+                "structured_macs": [s["macs_before"], s["macs_after"]],
+                "structured_params": [s["params_before"], s["params_after"]],
+                "container_bytes": int(result.bytes), "kept_nonzeros": int(result.nonzeros),
+                "after": evaluate(decoded, ds.x_test, ds.y_test, task=ds.task),
+                "channels": s.get("channels"), "groups": s["groups"], "coupling": coupling(model, s),
+                "history": result.history})
+    row["macs_reduction"] = round(row["macs_before"] / max(1, row["macs_after"]), 2)
+    lap("compress")
+    c = row["coupling"]
+    log(f"pruned: {row['params_after']:,} params, {row['macs_after']:,} MACs ({row['macs_reduction']}x fewer), "
+        f"acc {row['after']['accuracy']:.3f}, container {result.bytes:,} B; {c['groups']} groups, "
+        f"{len(c['multi_producer_groups'])} with several producers, {len(c['concat_consumers'])} consumers of "
+        f"concatenations, BN {c['bn_in_groups']}/{c['bn_layers']} in groups, {len(c['kept_whole'])} kept whole")
+
+    row["artifacts"] = export_checked(decoded, name, ds, work, predict(decoded, ds.x_test), export_variants(), x_cal,
+                                      stem=f"{name}_structured")
+    lap("export")
+
+    files = [work / a["file"] for a in row["baseline_files"] + row["artifacts"] if (work / a["file"]).is_file()]
+    row["rounds"] = time_rounds(files, ds.x_test, args.rounds, args.runs, log=log)
+    summarize_latency(row["artifacts"], row["baseline_files"], row["rounds"])
+    lap("bench")
+    row["seconds"] = round(time.time() - start, 1)
+    log(f"done in {row['seconds']} s ({stages})")
+    return row
+
+
+# -- report ---------------------------------------------------------------------------
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _parity(a: dict) -> str:
+    if "error" in a:
+        return f"**FAIL** (error: {a['error'][:60]})"
+    fig = [f"top-1 {_pct(a.get('top1_agreement'))}"]
+    if a.get("mask_iou") is not None:
+        fig.append(f"IoU {a['mask_iou']:.4f}")
+    if a["variant"] == "fp32" and a.get("max_abs_diff") is not None:
+        fig.append(f"diff {a['max_abs_diff']:.1g}")
+    elif a.get("accuracy_delta") is not None:
+        fig.append(f"acc {100 * a['accuracy_delta']:+.1f} pts")
+    return ("ok" if a["passed"] else "**FAIL**") + " (" + ", ".join(fig) + ")"
+
+
+def _cell(a: dict) -> str:
+    speed = "" if a.get("speedup") is None else f" ({a['speedup']:.1f}x)"
+    return f"{_parity(a)}, {_ms(a.get('before_ms'))} -> {_ms(a.get('median_ms'))} ms{speed}"
+
+
+def _short_reason(reason: str) -> str:
+    if "reaches the model output" in reason:
+        return "model output"
+    if "normalizes over the channels" in reason:
+        return "softmax over channels"
+    if "Dot" in reason:
+        return "learned transform (Dot)"
+    return reason[:50]
+
+
+def _train_acc(entry: dict) -> str:
+    value = entry.get("accuracy")
+    return f"{entry.get('stage', '?')} {'-' if value is None else _pct(value)}"
+
+
+def kept_whole_cell(row: dict) -> str:
+    parts = []
+    for g in row["coupling"]["kept_whole"]:
+        reasons = list(dict.fromkeys(_short_reason(r) for r in g["reasons"]))
+        parts.append(f"{g['name']} ({g['channels']}): {', '.join(reasons)}")
+    return "; ".join(parts) or "none"
+
+
+def table_row(row: dict) -> list[str]:
+    """The model's cells of the Markdown table."""
+    if "error" in row:
+        return [row["model"], f"failed: {row['error'][:120]}"] + [""] * (5 + len(COLUMNS))
+    by = {(a["format"], a["variant"]): a for a in row["artifacts"]}
+    cells = [row["model"], f"{row['params_before']:,} / {row['params_after']:,}",
+             f"{row['macs_before']:,} / {row['macs_after']:,} ({row['macs_reduction']:.1f}x)",
+             f"{_pct(row['before']['accuracy'])} / {_pct(row['after']['accuracy'])}", f"{row['container_bytes']:,}"]
+    for fmt, variant in COLUMNS:
+        a = by.get((fmt, variant))
+        text = "-" if a is None else _cell(a)
+        extra = by.get((fmt, "int16x8")) if variant == "int8" else None
+        if extra is not None:
+            text += f"; int16x8: {_cell(extra)}"
+        cells.append(text)
+    cells.append(kept_whole_cell(row))
+    return cells
+
+
+def failures(rows: list[dict]) -> list[str]:
+    out = []
+    for row in rows:
+        if "error" in row:
+            out.append(f"{row['model']}: the run failed: {row['error']}")
+            continue
+        for a in row["baseline_files"] + row["artifacts"]:
+            which = "baseline" if a in row["baseline_files"] else "pruned"
+            if not a["passed"]:
+                why = "; ".join(a.get("failures") or []) or a.get("error", "")
+                out.append(f"{row['model']} {which} {a['format']} {a['variant']}: {why}")
+            if a.get("bench_error"):
+                out.append(f"{row['model']} {which} {a['format']} {a['variant']}: benchmark error: {a['bench_error']}")
+    return out
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    from edgecomp.report import markdown_table
+
+    head = ["model", "params before / after", "MACs before / after (reduction)", "acc before / after",
+            "container B"] + [f"{f.replace('tflite', 'TFLite').replace('onnx', 'ONNX')} {v}: parity, ms before -> "
+                              "after (speedup)" for f, v in COLUMNS] + ["groups kept whole (channels): reason"]
+    done = [r for r in rows if "error" not in r]
+    lines = [
+        "# Structured pruning of the model zoo: half the channels, MACs and latency before and after",
+        "",
+        f"Made by `{meta['command']}`. "
+        f"Each model at `scripts/bench_zoo.py`'s small size, on its data ({meta['n_train']} training samples, "
+        f"{meta['n_test']} test samples; synthetic stand-ins unless a data folder was given), trained as bench_zoo "
+        "trains it (epochs below): the *before*. Then the recipe's structured stage keeps "
+        f"{meta['keep']:g} of every dependency group's channels ({meta['importance']} importance) and fine-tunes "
+        "for bench_zoo's fine-tuning epochs, and the seed's method (rate "
+        f"{meta['compress_rate']}, int8 values with uint8 index gaps, the same fine-tuning epochs) codes the smaller "
+        f"model into the container: `compress(model, ds, Recipe.from_options(channels={meta['keep']:g}, structured_epochs=E, "
+        f"rate={meta['compress_rate']}, fine_tune_epochs=E))`. The *after* is the model decoded from the container. "
+        "Accuracy on the test samples (segmentation: pixel accuracy). Parity: each file against the Keras model it "
+        "was exported from, bench_zoo's rule (the exporters' default thresholds: fp32 max abs diff <= 1e-4 and 100% "
+        "top-1 agreement, int8 >= 99% top-1 agreement and at most 0.5 points of accuracy lost; UNet fp32 by mask IoU "
+        ">= 0.999; an int8 file that misses is a FAIL and the format's int16x8 variant is tried too). Latency: "
+        f"batch 1, 1 thread, each file in a fresh process, {meta['rounds']} interleaved rounds (order reversed every "
+        f"other round, {meta['runs']} timed runs per file per round), median of the rounds; *before* is the unpruned "
+        "model's fp32 file of the same format (so an int8 cell's speedup includes quantization), the speedup the "
+        f"median over rounds of before/after. {meta['machine']}; other jobs shared the CPUs, so absolute times are "
+        "noisy; the interleaved ratios less so.",
+        "",
+        markdown_table(head, [table_row(r) for r in rows], "lrrrr" + "l" * (len(COLUMNS) + 1)),
+        "",
+        "## Residual adds, concatenations and BatchNorm",
+        "",
+        "From each model's dependency groups (`result.structured['groups']`): a group with several producers is "
+        "a set of channels an element-wise Add ties together (a residual block: every conv feeding the sum loses the same "
+        "channels); a layer whose input rows span several groups consumes a concatenation (each input keeps its "
+        "own channels at its offset); a BatchNorm listed in a group loses the same channels as its conv.",
+        "",
+    ]
+    for r in done:
+        c = r["coupling"]
+        multi = c["multi_producer_producers"]
+        add = (f"{c['add_layers']} Add layer(s) -> {len(multi)} group(s) with several producers ("
+               + "; ".join(f"{g}: {', '.join(p)}" for g, p in multi.items()) + ")") if c["add_layers"] else "no Add layers"
+        cat = (f"{c['concat_layers']} Concatenate layer(s) -> {len(c['concat_consumers'])} consumer(s) whose inputs "
+               "span several groups (" + "; ".join(f"{k}: {len(v)} groups" for k, v in c["concat_consumers"].items())
+               + ")") if c["concat_layers"] else "no Concatenate layers"
+        bn = (f"{c['bn_in_groups']} of {c['bn_layers']} BatchNorm layers pruned with their group "
+              f"({c['groups_with_bn']} groups hold one)" if c["bn_layers"] else "no BatchNorm layers")
+        if c["bn_not_in_groups"]:
+            bn += "; the others follow a group kept whole: " + ", ".join(c["bn_not_in_groups"])
+        lines.append(f"- **{r['model']}**: {c['groups']} prunable groups; {add}; {cat}; {bn}.")
+    lines += ["", "## Groups kept whole", ""]
+    for r in done:
+        for g in r["coupling"]["kept_whole"]:
+            lines.append(f"- {r['model']} `{g['name']}` ({g['channels']} channels, producers "
+                         f"{', '.join(g['producers'])}): " + "; ".join(g["reasons"]))
+    fails = failures(rows)
+    lines += ["", "## FAIL", ""] + ([f"- {f}" for f in fails] or ["- none"])
+    lines += ["", "Epochs (train + structured fine-tune + masked fine-tune): "
+              + "; ".join(f"{r['model']} {r['epochs']} + {r['fine_tune_epochs']} + {r['fine_tune_epochs']}" for r in done),
+              "", "Training accuracy at the end of each fine-tuning (structured stage, then the seed's masked "
+              "fine-tuning), which says which stage the accuracy goes in: "
+              + "; ".join(f"{r['model']} " + " -> ".join(_train_acc(h) for h in r.get("history", []))
+                          for r in done),
+              "", "Data: " + "; ".join(f"{r['model']}: {r.get('source', r.get('error'))}" for r in rows),
+              "", "Seconds per model: " + "; ".join(f"{r['model']} {r['seconds']}" for r in done)
+              + f"; total {meta.get('seconds', 0):.0f} s (this run).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    import platform
+
+    from edgecomp import io
+    from edgecomp.errors import EdgecompError
+    from edgecomp.pruning import check_rate
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in SPECS]
+    try:
+        if unknown:
+            raise EdgecompError(f"unknown model(s): {', '.join(unknown)}", fix=f"use some of: {', '.join(MODELS)}")
+        check_rate(args.compress_rate)
+        if not 0 < args.keep <= 1:
+            raise EdgecompError(f"channel keep ratio must be in (0, 1], got {args.keep}", fix="e.g. --keep 0.5")
+        if args.rounds < 1:
+            raise EdgecompError(f"--rounds must be >= 1, got {args.rounds}", fix="e.g. --rounds 3")
+        out = io.ensure_dir(args.out)
+        work = io.ensure_dir(args.work)
+    except EdgecompError as exc:
+        print(f"bench_structured_zoo: error: {exc}", file=sys.stderr)
+        return 2
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    state_path = out / JSON_NAME
+    state = json.loads(state_path.read_text()) if state_path.is_file() and not args.fresh else {}
+    done = {r["model"]: r for r in state.get("models", []) if "error" not in r} if state.get("settings") == settings else {}
+    meta = {**settings, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "command": " ".join(["python scripts/bench_structured_zoo.py", *(argv if argv is not None else sys.argv[1:])])}
+    start = time.time()
+    rows = {m: r for m, r in done.items()}
+    for name in models:
+        if name in done:
+            print(f"[{name}] finished in an earlier run ({JSON_NAME}); skipped", flush=True)
+            continue
+        try:
+            rows[name] = run_model(name, args, work)
+        except EdgecompError as exc:
+            print(f"[{name}] error: {exc}", file=sys.stderr)
+            rows[name] = {"model": name, "error": str(exc)}
+        ordered = [rows[m] for m in MODELS if m in rows]
+        meta["seconds"] = round(time.time() - start, 1)
+        io.write_json(state_path, {"settings": settings, "meta": meta, "models": ordered})
+        io.write_text(out / MD_NAME, markdown(ordered, meta))
+    ordered = [rows[m] for m in MODELS if m in rows]
+    meta["seconds"] = round(time.time() - start, 1)
+    io.write_json(state_path, {"settings": settings, "meta": meta, "models": ordered})
+    io.write_text(out / MD_NAME, markdown(ordered, meta))
+    print(markdown(ordered, meta))
+    print(f"wrote {state_path} and {out / MD_NAME} in {meta['seconds']} s")
+    bad = [r["model"] for r in ordered if "error" in r or not all(a["passed"] for a in r["artifacts"]
+                                                                  if a["variant"] == "fp32")]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
