@@ -12,7 +12,9 @@ and the measured latency of every export, side by side with the unpruned net's f
    smaller model's weights as int8 (the seed's coding at rate 0).
 3. The smallest keep ratio whose better variant stays within ``--max-drop`` points of the baseline's
    test accuracy is run again end to end from the float baseline with Deep Compression after the
-   structured stage, in one ``compress()`` call (``--deep-rate``, weight sharing, entropy coding).
+   structured stage, in one ``compress()`` call: ``--deep-rate`` of the weights pruned by one global
+   threshold in three steps of one epoch each, weight sharing with two centroid epochs, entropy coding
+   (``edgecomp.run.best_recipe``'s settings).
 4. Every model is exported as TFLite fp32/int8 and ONNX fp32/int8 (each behind the parity gate), and
    every file is timed at batch 1, 1 thread, in ``--rounds`` interleaved rounds, each file in a fresh
    process; a file's latency is the median of its rounds, its speedup the median over rounds of the
@@ -114,7 +116,8 @@ def train_models(args, ds, out, state, save):
     if fits and "deep" not in state:
         name, m = min(fits, key=lambda nm: (nm[1]["macs"], -nm[1]["accuracy"]))
         recipe = _recipes(args)[name]
-        recipe = Recipe.from_options(recipe, method="deep", rate=args.deep_rate, fine_tune_epochs=1, centroid_epochs=1)
+        recipe = Recipe.from_options(recipe, method="deep", rate=args.deep_rate, criterion="global",
+                                     schedule="iterative:3", fine_tune_epochs=1, centroid_epochs=2)
         print(f"\n== {name} + deep: {recipe.describe()}", flush=True)
         t = time.time()
         result = compress(load_keras_model(base_path), ds, recipe)
