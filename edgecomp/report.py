@@ -142,7 +142,7 @@ def plot_size_accuracy(report: dict) -> bytes:
     markers = iter("sDP^v<>ohX*p")
     for i, m in enumerate(report["models"]):
         ax.scatter(m["storage_bytes"] / 1024, 100 * m["accuracy"], marker="s", s=70, color=colors[i % len(colors)],
-                   label=f"{m['name'][:60]} ({'fp32 weights' if m.get('key') == 'baseline' else 'container'})")
+                   label=f"{m['name'][:90]} ({'fp32 weights' if m.get('key') == 'baseline' else 'container'})")
     for i, a in enumerate(report["artifacts"]):
         r = bench.get(str(Path(a["path"]).resolve()), {})
         if r.get("accuracy") is None or a.get("error"):

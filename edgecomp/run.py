@@ -207,7 +207,8 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
         results[key] = (result, decoded)
         _log(cfg, f"{key}: container {result.bytes:,} B ({fp32_bytes / result.bytes:.1f}x), decoded accuracy {acc:.2%}")
         dec_weights = store.model_weights(decoded)
-        models.append({"name": f"{key}: {recipe.describe()}", "key": key, "file": str(ecz),
+        name = f"seed's method (rate {recipe.pruning.rate:g})" if key == "seed" else f"edgecomp: {recipe.describe()}"
+        models.append({"name": name, "key": key, "file": str(ecz),
                        "params": decoded.count_params(), "macs": _macs(decoded),
                        "nonzeros": int(sum(np.count_nonzero(w) for w in dec_weights.values())),
                        "accuracy": acc, "storage_bytes": result.bytes, "ratio": fp32_bytes / result.bytes,
