@@ -69,6 +69,14 @@ def from_kind_config(family: dict, config, what: str):
     return family[kind].from_config(config)
 
 
+def whole_number(what: str, value, low: int = 0, example: str | None = None) -> int:
+    """``value`` if it is a whole number >= ``low`` (not a bool), else a one-line EdgecompError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise EdgecompError(f"{what} must be a whole number >= {low}, got {value!r}",
+                            fix=example or f"pass {low} or more")
+    return int(value)
+
+
 def rules(value, what: str, check) -> tuple:
     """Per-layer rules as an ordered tuple of ``(pattern, value)`` (from a dict or a list of pairs),
     each value checked by ``check``."""
@@ -106,9 +114,7 @@ class Iterative(Config):
     kind: ClassVar[str] = "iterative"
 
     def __post_init__(self):
-        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
-            raise EdgecompError(f"iterative pruning needs 1 or more steps, got {self.steps!r}",
-                                fix="write e.g. iterative:3")
+        whole_number("iterative pruning's steps", self.steps, 1, "write e.g. iterative:3")
 
     def step_rates(self, rate: float) -> list[float]:
         return [rate * (i + 1) / self.steps for i in range(self.steps)]
@@ -125,9 +131,7 @@ class Gradual(Config):
     kind: ClassVar[str] = "gradual"
 
     def __post_init__(self):
-        if isinstance(self.updates, bool) or not isinstance(self.updates, (int, np.integer)) or self.updates < 1:
-            raise EdgecompError(f"gradual pruning needs 1 or more mask updates, got {self.updates!r}",
-                                fix="write e.g. gradual:10")
+        whole_number("gradual pruning's mask updates", self.updates, 1, "write e.g. gradual:10")
 
     def __str__(self):
         return f"gradual:{self.updates}"

@@ -27,16 +27,10 @@ from typing import ClassVar
 
 from edgecomp.errors import EdgecompError
 from edgecomp.pruning_config import (BlockMagnitude, Config, Magnitude, OneShot, criterion_from, rules,
-                                     schedule_from)
+                                     schedule_from, whole_number)
 
 METHODS = ("seed", "deep")
 CODERS = ("auto", "huffman", "deflate", "fixed")
-
-
-def _count(name: str, value, low: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise EdgecompError(f"{name} must be a whole number >= {low}, got {value!r}", fix=f"pass {low} or more")
-    return value
 
 
 def _rate(value) -> float:
@@ -71,8 +65,8 @@ class FineTune(Config):
 
     def __post_init__(self):
         from edgecomp.train import LR_SCHEDULES
-        _count("fine-tune epochs", self.epochs)
-        _count("batch size", self.batch_size, 1)
+        whole_number("fine-tune epochs", self.epochs)
+        whole_number("batch size", self.batch_size, 1)
         object.__setattr__(self, "learning_rate", _positive_float("learning rate", self.learning_rate))
         if self.lr_schedule not in LR_SCHEDULES:
             raise EdgecompError(f"unknown learning-rate schedule '{self.lr_schedule}'",
@@ -122,7 +116,7 @@ class Sharing(Config):
         object.__setattr__(self, "bits", tuple(kinds.items()) + tuple(globs))
         if self.init not in INITS:
             raise EdgecompError(f"unknown k-means initialisation '{self.init}'", fix=f"use one of: {', '.join(INITS)}")
-        _count("centroid epochs", self.epochs)
+        whole_number("centroid epochs", self.epochs)
         object.__setattr__(self, "learning_rate", _positive_float("centroid learning rate", self.learning_rate))
 
     @property
@@ -217,10 +211,10 @@ class Recipe(Config):
         config = dict(config)
         if config.get("structured") is not None:
             import edgecomp.structured_stage  # noqa: F401  (registers the stage)
-        unknown = sorted(set(config) - set(STAGES) - {"seed"})
+        unknown = sorted(set(config) - set(STAGES) - {"seed", "structured"})
         if unknown:
             raise EdgecompError(f"Recipe has no setting(s) {', '.join(unknown)}",
-                                fix=f"use: {', '.join([*STAGES, 'seed'])}")
+                                fix=f"use: {', '.join(sorted({*STAGES, 'structured', 'seed'}))}")
         return super().from_config({k: (v if k == "seed" or v is None else STAGES[k].from_config(v))
                                     for k, v in config.items()})
 

@@ -18,7 +18,7 @@ from typing import ClassVar
 from edgecomp import train
 from edgecomp.distill import Distill, fit_distilled
 from edgecomp.errors import EdgecompError
-from edgecomp.pruning_config import Config, rules
+from edgecomp.pruning_config import Config, rules, whole_number
 
 
 def _keep(value) -> float:
@@ -88,9 +88,7 @@ class Structured(Config):
         if self.ranking not in ("uniform", "global"):
             raise EdgecompError(f"unknown channel ranking {self.ranking!r}", fix="use uniform or global")
         for name, low in (("round_to", 1), ("steps", 1), ("epochs", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise EdgecompError(f"structured {name} must be a whole number >= {low}, got {v!r}", fix=f"pass {low} or more")
+            whole_number(f"structured {name}", getattr(self, name), low)
         set_("distill", Distill.parse(self.distill))
 
 
