@@ -195,12 +195,12 @@ def markdown(args, state, cmd: str) -> str:
     from edgecomp.report import markdown_table
     base = state["models"]["baseline"]
     ex = state["exports"]
-    head = ["model", "params", "MACs", "MACs reduction", "test acc (drop)", "container B"] + \
+    head = ["model", "params", "MACs", "MACs reduction", "test acc (change)", "container B"] + \
            [f"{v.replace(':', ' ')} ms (speedup)" for v in VARIANTS]
     rows = []
     for name, m in state["models"].items():
         cells = [name, f"{m['params']:,}", f"{m['macs']:,}", f"{base['macs'] / m['macs']:.1f}x",
-                 f"{100 * m['accuracy']:.2f}% ({100 * (base['accuracy'] - m['accuracy']):+.2f})",
+                 f"{100 * m['accuracy']:.2f}% ({100 * (m['accuracy'] - base['accuracy']):+.2f})",
                  f"{m['container_bytes']:,}"]
         for spec in VARIANTS:
             e = ex.get(f"{name} | {spec}")
@@ -269,7 +269,7 @@ def summarize(args, state) -> dict:
         int8 = ex.get(f"{deep} | tflite:int8", {})
         out["deep"] = {"model": deep, "container_ratio": ratio, "drop_points": drop}
         lines.append(f"{deep}: container {m['container_bytes']:,} B = **{ratio:.0f}x** smaller than the fp32 weights "
-                     f"({4 * base['params']:,} B), test accuracy {100 * m['accuracy']:.2f}% ({drop:+.2f} points; "
+                     f"({4 * base['params']:,} B), test accuracy {100 * m['accuracy']:.2f}% ({-drop:+.2f} points; "
                      f"targets >= 100x within {args.max_drop} point(s): "
                      f"{'met' if ratio >= 100 and drop <= args.max_drop else 'missed'})")
         if int8.get("passed") and base_tfl.get("bytes"):
