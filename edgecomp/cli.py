@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compression(p, defaults=False)
     p.add_argument("--seed-rate", type=lambda t: None if t == "none" else _rate(t), default=0.8,
                    help="compare with the seed's method at this rate ('none': leave it out) (default: 0.8)")
-    p.add_argument("--epochs", type=_positive, default=3,
-                   help="baseline training epochs, cosine learning rate (default: 3)")
+    p.add_argument("--epochs", type=_positive, default=None,
+                   help="baseline training epochs, cosine learning rate (default: edgecomp.run.RunConfig's, 5)")
     p.add_argument("--train-size", type=_size, default=30000, help="training samples to use (default: 30000; 'all')")
     p.add_argument("--latency-runs", type=_positive, default=200, help="timed runs per artifact (default: 200)")
     p.add_argument("--threads", type=_positive, default=1, help="runtime threads for latency (default: 1)")
@@ -153,7 +153,7 @@ def cmd_run(args):
     recipe = _recipe(args, base=best_recipe())
     run_job(RunConfig(model=args.model, model_options={"width": args.width} if args.width != 1.0 else {},
                       data=args.data, data_dir=args.data_dir, recipe=recipe, seed_rate=args.seed_rate,
-                      epochs=args.epochs, train_size=args.train_size,
+                      **({"epochs": args.epochs} if args.epochs is not None else {}), train_size=args.train_size,
                       test_size=args.test_size, latency_runs=args.latency_runs, threads=args.threads, out=args.out,
                       command=" ".join(["edgecomp", *sys.argv[1:]]), resume=args.resume))
 
