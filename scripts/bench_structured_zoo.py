@@ -9,11 +9,14 @@ sizes and on its data (``bench_zoo.SPECS`` / ``bench_zoo.load_data``):
 
 1. Train it as bench_zoo does (same epochs, batch size and samples): the baseline.
 2. Export the baseline as TFLite fp32 and ONNX fp32 (parity-checked): the latency "before".
-3. ``compress(baseline, ds, Recipe.from_options(channels=0.5, structured_epochs=E, rate=0.8,
-   fine_tune_epochs=E))``: the recipe's structured stage removes half of every dependency group's
-   channels (l1 importance) and fine-tunes E epochs (bench_zoo's fine-tuning epochs), then the
-   seed's method (rate 0.8, int8 values, uint8 index gaps) prunes, fine-tunes and codes it into
-   the container, as bench_zoo does with the unpruned net.
+3. ``compress(baseline, ds, Recipe.from_options(channels=0.5, structured_steps=2, structured_epochs=E,
+   lr_schedule="cosine", rate=0.0, fine_tune_epochs=0))``: the recipe's structured stage removes
+   half of every dependency group's channels (l1 importance) in 2 steps (0.75, then 0.5 of the
+   original), fine-tuning E epochs after each with a cosine-decayed learning rate, E =
+   max(8, bench_zoo's training epochs) (fewer per model in ``REDUCED_EPOCHS``, none now), unless
+   ``--structured-epochs`` says otherwise. No magnitude pruning on top (rate 0, no masked fine-tuning): the seed's coding
+   stores the smaller model's weights as int8 values in the container. This measures the
+   channel-pruned model itself.
 4. Decode the container and export it as TFLite and ONNX, fp32 and int8, each checked for
    parity with the decoded model by bench_zoo's rule (``bench_zoo.export_checked``: the
    exporters' default thresholds, UNet fp32 by mask IoU >= 0.999; an int8 file that misses is
@@ -48,8 +51,41 @@ from bench_zoo import MODELS, SPECS, export_checked, export_variants, load_data 
 JSON_NAME, MD_NAME = "bench_structured_zoo.json", "bench_structured_zoo.md"
 #: The per-file columns of the table, in order (pruned file variant -> baseline file it is timed against).
 COLUMNS = (("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
-SETTINGS = ("keep", "compress_rate", "epochs", "fine_tune_epochs", "n_train", "n_test", "batch_size", "rounds",
-            "runs", "data_dir", "importance")
+SETTINGS = ("keep", "structured_steps", "structured_epochs", "structured_epochs_rule", "lr_schedule", "compress_rate",
+            "masked_epochs", "epochs", "n_train", "n_test", "batch_size", "rounds", "runs", "data_dir", "importance")
+#: No magnitude pruning on top of the channel pruning: rate 0, no masked fine-tuning (the seed's
+#: coding then stores every weight of the smaller model as int8). Part of the settings, so results
+#: of a run that stacked rate 0.8 on the channel pruning are never reused.
+COMPRESS_RATE, MASKED_EPOCHS = 0.0, 0
+
+
+def settings_of(args) -> dict:
+    """The run's settings (the resume key): the arguments, and the fixed no-magnitude-pruning choice."""
+    fixed = {"compress_rate": COMPRESS_RATE, "masked_epochs": MASKED_EPOCHS,
+             "structured_epochs_rule": {"min": MIN_STRUCTURED_EPOCHS, "reduced": REDUCED_EPOCHS}}
+    return {k: fixed[k] if k in fixed else getattr(args, k) for k in SETTINGS}
+
+
+#: Fine-tuning epochs after each structured step, at least (fewer did not recover: with 3 per step
+#: densenet ended at 78.9% test accuracy, with 4 at 93.0%, 6 at 98.4%, 8 at 100%; vgg with 4 at 90.6%).
+MIN_STRUCTURED_EPOCHS = 8
+#: Models given fewer epochs per step than the rule (``{name: epochs}``), should the run need to be
+#: shorter; the table then says "reduced from". None now: the whole run takes about 6 minutes on 2
+#: shared cores.
+REDUCED_EPOCHS: dict[str, int] = {}
+
+
+def full_structured_epochs(epochs: int) -> int:
+    """The rule: as many epochs after each step as the baseline trained, at least 8."""
+    return max(MIN_STRUCTURED_EPOCHS, epochs)
+
+
+def structured_epochs_for(name: str, epochs: int, override: int | None) -> int:
+    """Fine-tuning epochs after each structured step: ``override`` (``--structured-epochs``), else
+    :data:`REDUCED_EPOCHS` for the slow models, else :func:`full_structured_epochs`."""
+    if override is not None:
+        return override
+    return REDUCED_EPOCHS.get(name, full_structured_epochs(epochs))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,9 +97,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=512, help="training samples per model")
     p.add_argument("--n-test", type=int, default=128, help="test samples (accuracy, parity)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: bench_zoo's per model)")
-    p.add_argument("--fine-tune-epochs", type=int, default=None,
-                   help="structured and masked fine-tuning epochs (default: bench_zoo's per model)")
-    p.add_argument("--compress-rate", type=float, default=0.8, help="the seed's method's pruning rate")
+    p.add_argument("--structured-steps", type=int, default=2, help="structured pruning steps (each fine-tuned)")
+    p.add_argument("--structured-epochs", type=int, default=None,
+                   help="fine-tuning epochs after each structured step (default: max(8, bench_zoo's training "
+                        "epochs) per model)")
+    p.add_argument("--lr-schedule", default="cosine", help="learning-rate schedule of the structured fine-tuning")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (order alternates)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per file per round (batch 1, 1 thread)")
@@ -175,12 +213,13 @@ def run_model(name: str, args, work: Path, log=None) -> dict:
     ds, note = load_data(name, args)
     spec = SPECS[name]
     epochs = args.epochs if args.epochs is not None else spec.get("epochs", 4)
-    fine_tune = args.fine_tune_epochs if args.fine_tune_epochs is not None else spec.get("fine_tune_epochs", 3)
+    s_epochs = structured_epochs_for(name, epochs, args.structured_epochs)
+    steps = args.structured_steps
     row = {"model": name, "options": spec["options"], "data": ds.name, "source": note, "task": ds.task,
            "n_train": int(len(ds.x_train)), "n_test": int(len(ds.x_test)), "epochs": epochs,
-           "fine_tune_epochs": fine_tune, "keep": args.keep, "stage_seconds": stages}
+           "structured_steps": steps, "structured_epochs": s_epochs, "keep": args.keep, "stage_seconds": stages}
     log(f"{ds.name}: {note}; {len(ds.x_train)} train / {len(ds.x_test)} test; {epochs} epochs, then "
-        f"{fine_tune} structured + {fine_tune} masked fine-tuning epochs")
+        f"{steps} structured steps x {s_epochs} fine-tuning epochs ({args.lr_schedule}), no magnitude pruning")
 
     keras.utils.set_random_seed(0)
     model = build_model(name, ds.input_shape, ds.num_classes, **spec["options"])
@@ -199,8 +238,9 @@ def run_model(name: str, args, work: Path, log=None) -> dict:
                                            stem=f"{name}_baseline")
     lap("export_baseline")
 
-    recipe = Recipe.from_options(channels=args.keep, structured_epochs=fine_tune, importance=args.importance,
-                                 rate=args.compress_rate, fine_tune_epochs=fine_tune, batch_size=args.batch_size)
+    recipe = Recipe.from_options(channels=args.keep, structured_steps=steps, structured_epochs=s_epochs,
+                                 importance=args.importance, lr_schedule=args.lr_schedule, rate=COMPRESS_RATE,
+                                 fine_tune_epochs=MASKED_EPOCHS, batch_size=args.batch_size)
     row["recipe"] = recipe.describe()
     result = compress(model, ds, recipe, verbose=0, info={"model": name, "data": ds.name})
     if model.count_params() != row["params_before"]:
@@ -277,7 +317,8 @@ def _short_reason(reason: str) -> str:
 
 def _train_acc(entry: dict) -> str:
     value = entry.get("accuracy")
-    return f"{entry.get('stage', '?')} {'-' if value is None else _pct(value)}"
+    keep = "" if entry.get("keep") is None else f" (keep {entry['keep']:g})"
+    return f"{entry.get('stage', '?')}{keep} {'-' if value is None else _pct(value)}"
 
 
 def kept_whole_cell(row: dict) -> str:
@@ -288,12 +329,21 @@ def kept_whole_cell(row: dict) -> str:
     return "; ".join(parts) or "none"
 
 
+def epochs_cell(row: dict) -> str:
+    """``train / steps x structured`` epochs, flagged when fewer than the default rule gives."""
+    text = f"{row['epochs']} / {row['structured_steps']} x {row['structured_epochs']}"
+    full = full_structured_epochs(row["epochs"])
+    if row["structured_epochs"] < full:
+        text += f" (reduced from {full})"
+    return text
+
+
 def table_row(row: dict) -> list[str]:
     """The model's cells of the Markdown table."""
     if "error" in row:
-        return [row["model"], f"failed: {row['error'][:120]}"] + [""] * (5 + len(COLUMNS))
+        return [row["model"], f"failed: {row['error'][:120]}"] + [""] * (6 + len(COLUMNS))
     by = {(a["format"], a["variant"]): a for a in row["artifacts"]}
-    cells = [row["model"], f"{row['params_before']:,} / {row['params_after']:,}",
+    cells = [row["model"], epochs_cell(row), f"{row['params_before']:,} / {row['params_after']:,}",
              f"{row['macs_before']:,} / {row['macs_after']:,} ({row['macs_reduction']:.1f}x)",
              f"{_pct(row['before']['accuracy'])} / {_pct(row['after']['accuracy'])}", f"{row['container_bytes']:,}"]
     for fmt, variant in COLUMNS:
@@ -326,7 +376,7 @@ def failures(rows: list[dict]) -> list[str]:
 def markdown(rows: list[dict], meta: dict) -> str:
     from edgecomp.report import markdown_table
 
-    head = ["model", "params before / after", "MACs before / after (reduction)", "acc before / after",
+    head = ["model", "epochs: train / structured (steps x each)", "params before / after", "MACs before / after (reduction)", "acc before / after",
             "container B"] + [f"{f.replace('tflite', 'TFLite').replace('onnx', 'ONNX')} {v}: parity, ms before -> "
                               "after (speedup)" for f, v in COLUMNS] + ["groups kept whole (channels): reason"]
     done = [r for r in rows if "error" not in r]
@@ -336,12 +386,22 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"Made by `{meta['command']}`. "
         f"Each model at `scripts/bench_zoo.py`'s small size, on its data ({meta['n_train']} training samples, "
         f"{meta['n_test']} test samples; synthetic stand-ins unless a data folder was given), trained as bench_zoo "
-        "trains it (epochs below): the *before*. Then the recipe's structured stage keeps "
-        f"{meta['keep']:g} of every dependency group's channels ({meta['importance']} importance) and fine-tunes "
-        "for bench_zoo's fine-tuning epochs, and the seed's method (rate "
-        f"{meta['compress_rate']}, int8 values with uint8 index gaps, the same fine-tuning epochs) codes the smaller "
-        f"model into the container: `compress(model, ds, Recipe.from_options(channels={meta['keep']:g}, structured_epochs=E, "
-        f"rate={meta['compress_rate']}, fine_tune_epochs=E))`. The *after* is the model decoded from the container. "
+        "trains it (the table's first epochs figure): the *before*. Then the recipe's structured stage alone: it keeps "
+        f"{meta['keep']:g} of every dependency group's channels ({meta['importance']} importance) in "
+        f"{meta['structured_steps']} steps, each followed by E epochs of fine-tuning with a {meta['lr_schedule']} "
+        "learning rate (E in the table: "
+        + (f"max({MIN_STRUCTURED_EPOCHS}, the training epochs) for every model, since fewer did not recover the "
+           "accuracy (densenet: 78.9% with 3 per step, 93.0% with 4, 98.4% with 6; vgg 90.6% with 4)"
+           + ("; " + ", ".join(f"{m} {e}" for m, e in REDUCED_EPOCHS.items())
+              + " per step, marked *reduced from*, to keep the run short" if REDUCED_EPOCHS else "")
+           if meta.get("structured_epochs") is None else f"--structured-epochs {meta['structured_epochs']}")
+        + "). No magnitude pruning on top (rate "
+        f"{meta['compress_rate']:g}, {meta['masked_epochs']} masked fine-tuning epochs): the seed's coding stores every "
+        "weight of the smaller model as an int8 value in the container (uint8 index gaps). "
+        f"`compress(model, ds, Recipe.from_options(channels={meta['keep']:g}, structured_steps={meta['structured_steps']}, "
+        f"structured_epochs=E, lr_schedule=\"{meta['lr_schedule']}\", rate={meta['compress_rate']:g}, "
+        f"fine_tune_epochs={meta['masked_epochs']}))`. The *after* is the model decoded from the container (its int8 "
+        "weights), which is what every *after* file is exported from. "
         "Accuracy on the test samples (segmentation: pixel accuracy). Parity: each file against the Keras model it "
         "was exported from, bench_zoo's rule (the exporters' default thresholds: fp32 max abs diff <= 1e-4 and 100% "
         "top-1 agreement, int8 >= 99% top-1 agreement and at most 0.5 points of accuracy lost; UNet fp32 by mask IoU "
@@ -352,7 +412,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"median over rounds of before/after. {meta['machine']}; other jobs shared the CPUs, so absolute times are "
         "noisy; the interleaved ratios less so.",
         "",
-        markdown_table(head, [table_row(r) for r in rows], "lrrrr" + "l" * (len(COLUMNS) + 1)),
+        markdown_table(head, [table_row(r) for r in rows], "lrrrrr" + "l" * (len(COLUMNS) + 1)),
         "",
         "## Residual adds, concatenations and BatchNorm",
         "",
@@ -382,10 +442,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
                          f"{', '.join(g['producers'])}): " + "; ".join(g["reasons"]))
     fails = failures(rows)
     lines += ["", "## FAIL", ""] + ([f"- {f}" for f in fails] or ["- none"])
-    lines += ["", "Epochs (train + structured fine-tune + masked fine-tune): "
-              + "; ".join(f"{r['model']} {r['epochs']} + {r['fine_tune_epochs']} + {r['fine_tune_epochs']}" for r in done),
-              "", "Training accuracy at the end of each fine-tuning (structured stage, then the seed's masked "
-              "fine-tuning), which says which stage the accuracy goes in: "
+    if any(f.startswith("pointnet pruned") and " int8:" in f for f in fails):
+        lines += ["", "PointNet's int8 misses are a known limitation that holds unpruned too: post-training int8 "
+                  "cannot keep its near-tied class scores apart (issue 15). The thresholds are not loosened for "
+                  "it; its int16x8 files are the quantized files in parity."]
+    lines += ["", "Epochs (train + structured steps x fine-tuning epochs each): "
+              + "; ".join(f"{r['model']} {r['epochs']} + {r['structured_steps']} x {r['structured_epochs']}" for r in done),
+              "", "Training accuracy at the end of each structured step's fine-tuning (keep ratio of the original "
+              "channels after the step): "
               + "; ".join(f"{r['model']} " + " -> ".join(_train_acc(h) for h in r.get("history", []))
                           for r in done),
               "", "Data: " + "; ".join(f"{r['model']}: {r.get('source', r.get('error'))}" for r in rows),
@@ -400,14 +464,16 @@ def main(argv=None) -> int:
 
     from edgecomp import io
     from edgecomp.errors import EdgecompError
-    from edgecomp.pruning import check_rate
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in SPECS]
     try:
         if unknown:
             raise EdgecompError(f"unknown model(s): {', '.join(unknown)}", fix=f"use some of: {', '.join(MODELS)}")
-        check_rate(args.compress_rate)
+        if args.structured_steps < 1:
+            raise EdgecompError(f"--structured-steps must be >= 1, got {args.structured_steps}", fix="e.g. 2")
+        if args.structured_epochs is not None and args.structured_epochs < 0:
+            raise EdgecompError(f"--structured-epochs must be >= 0, got {args.structured_epochs}", fix="e.g. 4")
         if not 0 < args.keep <= 1:
             raise EdgecompError(f"channel keep ratio must be in (0, 1], got {args.keep}", fix="e.g. --keep 0.5")
         if args.rounds < 1:
@@ -417,7 +483,7 @@ def main(argv=None) -> int:
     except EdgecompError as exc:
         print(f"bench_structured_zoo: error: {exc}", file=sys.stderr)
         return 2
-    settings = {k: getattr(args, k) for k in SETTINGS}
+    settings = settings_of(args)
     state_path = out / JSON_NAME
     state = json.loads(state_path.read_text()) if state_path.is_file() and not args.fresh else {}
     done = {r["model"]: r for r in state.get("models", []) if "error" not in r} if state.get("settings") == settings else {}
