@@ -10,7 +10,7 @@ Models measured (each exported only after its parity gate passes):
 * ``compressed``: the Deep Compression result (``edgecomp.pipeline.compress``), every variant;
 * ``block16``: the same net pruned so that its Dense kernels have the blocks LiteRT's
   sparse int8 FULLY_CONNECTED kernel runs ((16, 1) blocks along the input,
-  :func:`edgecomp.pruning.block_mask`; convs per filter as the seed does), fine-tuned
+  the recipe's `block:16x1` criterion rules; convs per filter as the seed does), fine-tuned
   with the masks held; a few variants, to compare block-sparse int8 with dense int8;
 * ``block16-fc``: only the Dense kernels pruned (in blocks), convs left dense, so its
   ``int8-sparse`` file holds no DENSIFY op at all;
@@ -161,28 +161,28 @@ def _model(models: dict, name: str):
 def block_sparse_model(source, x, y, args, convs: str = "filter"):
     """A copy of ``source`` with Dense kernels pruned in (block, 1) blocks, fine-tuned with the masks held.
 
-    ``convs="filter"`` prunes the other kernels per filter (the seed's criterion:
-    LiteRT has no sparse conv kernel, so they become DENSIFY + CSR); ``"dense"``
-    leaves them as they are.
+    The recipe's per-layer criterion rules do it (``layer_criteria={"fc1": "block:16x1", ...}``, for
+    every Dense kernel whose input size divides into blocks); ``convs="filter"`` prunes the other
+    kernels per filter (the seed's criterion: LiteRT has no sparse conv kernel, so they become
+    DENSIFY + CSR); ``"dense"`` gives them rate 0.
     """
-    from edgecomp import train
-    from edgecomp.pruning import block_mask, filter_mask, hold_masks, prunable_kernels
+    import keras
+
+    from edgecomp.pipeline import compress
+    from edgecomp.recipe import Recipe
 
     model = _clone(source)
-    masks, kinds = {}, []
-    for var in prunable_kernels(model, skip_first=True):
-        w = np.asarray(var.numpy())
-        if w.ndim == 2 and w.shape[0] % args.block == 0:
-            masks[var.path] = block_mask(w, args.rate, block=(args.block, 1))
-            kinds.append(f"{var.path.split('/')[0]} ({args.block},1) blocks")
-        elif convs == "filter":
-            masks[var.path] = filter_mask(w, args.rate)
-        else:
-            masks[var.path] = np.asarray(w) != 0  # keep whatever zeros it had
-    with hold_masks(model, masks):
-        train.fit(model, x, y, epochs=args.fine_tune_epochs, seed=args.seed + 7)
-    rest = "other kernels per filter" if convs == "filter" else "other kernels as they were"
-    return model, f"rate {args.rate}: {', '.join(kinds)}; {rest}"
+    blocked = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Dense)
+               and layer.kernel.shape[0] % args.block == 0]
+    others = [layer.name for layer in model.layers if layer.name not in blocked and layer.weights
+              and not isinstance(layer, keras.layers.BatchNormalization)]
+    recipe = Recipe.from_options(rate=args.rate, fine_tune_epochs=args.fine_tune_epochs, seed=args.seed + 6,
+                                 layer_criteria={n: f"block:{args.block}x1" for n in blocked},
+                                 layer_rates={n: 0.0 for n in others} if convs == "dense" else None)
+    result = compress(model, (x, y), recipe)
+    kinds = [f"{n} ({args.block},1) blocks" for n in blocked]
+    rest = "other kernels per filter" if convs == "filter" else "other kernels at rate 0"
+    return result.model, f"rate {args.rate}: {', '.join(kinds)}; {rest}"
 
 
 # -- export --------------------------------------------------------------------
