@@ -207,11 +207,13 @@ def cmd_compress(args):
                                     "history": result.history})
     acc = train.evaluate(result.decode(), ds.x_test, ds.y_test)
     from edgecomp.report import text_table
-    rows = [[r["name"], str(r["shape"]), f"{r['params']:,}", f"{r['nonzeros']:,}", f"{r['sparsity']:.1%}",
-             r["method"], str(r["bits"]), f"{r['bytes']:,}", f"{r['bytes'] / result.bytes:.1%}",
+    rows = [[r["name"], str(r["shape"]), f"{r['params']:,}", f"{r['macs']:,}" if "macs" in r else "",
+             f"{r['nonzeros']:,}", f"{r['sparsity']:.1%}", r["method"], str(r["bits"]), f"{r['bytes']:,}",
+             f"{r['bytes'] / result.bytes:.1%}",
              "  ".join(f"{n} {b / result.bytes:.1%}" for n, b in r["streams"].items())] for r in result.report]
-    print(text_table(["tensor", "shape", "params", "nonzeros", "sparsity", "method", "bits", "bytes", "share",
-                      "share per stream"], rows))
+    print(text_table(["tensor", "shape", "params", "layer MACs", "nonzeros", "sparsity", "method", "bits", "bytes",
+                      "share", "share per stream"], rows))
+    print(f"model: {result.params:,} params, {result.macs:,} MACs per inference")
     totals = {}
     for r in result.report:
         for n, b in r["streams"].items():
