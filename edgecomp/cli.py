@@ -355,7 +355,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _stop_on_sigterm()
     try:
-        COMMANDS[args.command](args)
+        try:
+            COMMANDS[args.command](args)
+        except RuntimeError as exc:
+            # TF 2.21: Ctrl-C or SIGTERM while TensorFlow traces a function reaches Python as pybind11's
+            # "MISMATCH of original and normalized active exception types ... REPLACED BY KeyboardInterrupt"
+            if "REPLACED BY KeyboardInterrupt" in str(exc):
+                raise KeyboardInterrupt from None
+            raise
     except EdgecompError as exc:
         print(f"edgecomp: error: {exc}", file=sys.stderr)
         return exc.exit_code
