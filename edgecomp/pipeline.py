@@ -1,4 +1,5 @@
-"""``compress(model, data)``: prune -> fine-tune with masks held -> quantize -> store.
+"""``compress(model, data, recipe)``: [structured prune -> fine-tune]* -> prune -> fine-tune with
+masks held -> share weights -> fine-tune centroids -> store (the stages of :mod:`edgecomp.recipe`).
 
     >>> result = compress(model, dataset, rate=0.8)                    # the seed's method
     >>> result = compress(model, dataset, rate=0.9, method="deep",     # Deep Compression
@@ -23,6 +24,7 @@ from edgecomp.errors import EdgecompError
 from edgecomp.io import write_bytes
 from edgecomp.pruning_config import Gradual, Iterative
 from edgecomp.recipe import Recipe
+
 #: What each coding method's streams hold, for the per-stream report.
 STREAM_NAMES = {"raw": ("values",), "seed": ("gaps", "values"), "deep": ("codebook", "gaps", "indices")}
 BITS = {"raw": 32, "seed": 8}
