@@ -328,7 +328,13 @@ def main(argv=None) -> int:
     settings = {k: getattr(args, k) for k in ("keeps", "structured_steps", "structured_epochs", "distill",
                                               "importance", "deep_rate", "train_size")}
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    if state.get("settings") != settings:
+    files = [m["file"] for m in state.get("models", {}).values()]
+    files += [e["path"] for e in state.get("exports", {}).values() if e.get("passed")]
+    gone = [f for f in files if not Path(f).is_file()]
+    if gone and state.get("settings") == settings:
+        print(f"{state_path} refers to {len(gone)} file(s) that are gone (e.g. {gone[0]}: models and exports are "
+              "not committed); starting over", flush=True)
+    if state.get("settings") != settings or gone:
         state = {"settings": settings, "models": {}, "exports": {}}
     state["data"] = {"train": len(ds.x_train), "test": len(ds.x_test), "source": ds.source}
     from runtime_bench.targets import cpu_description
