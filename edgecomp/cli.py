@@ -271,19 +271,33 @@ def cmd_export(args):
     ds = _data(args)
     train.check_model_data(model, ds)
     stem = os.path.splitext(os.path.basename(args.model))[0]
-    arts = [exporters.export_and_check(model, v.format, v, out / v.filename(stem), calibration=ds.x_train[:200],
-                                       check_x=ds.x_test[:args.parity_size], check_y=ds.y_test[:args.parity_size])
-            for v in variants]
+    arts, failed = [], []
+    for v in variants:  # a variant that misses parity is not written, and the others are still tried
+        try:
+            arts.append(exporters.export_and_check(model, v.format, v, out / v.filename(stem),
+                                                   calibration=ds.x_train[:200], check_x=ds.x_test[:args.parity_size],
+                                                   check_y=ds.y_test[:args.parity_size]))
+        except exporters.ParityError as exc:
+            failed.append({"format": v.format, "variant": v.name, "file": v.filename(stem), "error": str(exc),
+                           "parity": exc.figures})
     io.write_json(out / "export.json", {"model": args.model, "artifacts": [a.to_dict() for a in arts],
-                                        "skipped": skipped})
+                                        "failed_parity": failed, "skipped": skipped})
     rows = [[a.path.name, a.format, a.variant, f"{a.bytes:,}", f"{a.gzip_bytes:,}",
              f"{a.parity['top1_agreement']:.2%}", f"{a.parity['max_abs_diff']:.1e}",
              str(a.needs.get("resolver") or a.needs.get("optimization") or "")] for a in arts]
+    rows += [[f["file"] + " (not written)", f["format"], f["variant"], "-", "-",
+              f"{f['parity'].get('top1_agreement', float('nan')):.2%}", f"{f['parity'].get('max_abs_diff', float('nan')):.1e}",
+              "parity FAIL"] for f in failed]
     print(text_table(["artifact", "format", "variant", "bytes", "gzip bytes", "top-1 agree", "max abs diff",
                       "runs with"], rows))
     if skipped:
         print("skipped (format lacks the variant): " + ", ".join(f"{x['format']}:{x['variant']}" for x in skipped))
     print(f"\nwrote {out}/export.json")
+    if failed:
+        from edgecomp.errors import EdgecompError
+        raise EdgecompError(f"{len(failed)} of {len(variants)} variant(s) missed the parity gate and were not written "
+                            f"({', '.join(f['format'] + ':' + f['variant'] for f in failed)}); first: {failed[0]['error']}",
+                            fix=f"see failed_parity in {out}/export.json; the others were written")
 
 
 def cmd_bench(args):

@@ -164,7 +164,39 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
     figures["thresholds"] = limits
     figures["failures"] = _failures(figures, limits, label)
     figures["passed"] = not figures["failures"]
+    if figures["failures"] and ref.shape[-1] > 1:
+        figures.update(near_ties(ref, pred_ref != pred_got, figures["max_abs_diff"]))
     return figures
+
+
+def near_ties(ref: np.ndarray, flipped: np.ndarray, max_abs_diff: float) -> dict:
+    """Why top-1 answers flip: how many flipped samples (pixels) had the Keras model's top two
+    scores closer than twice the file's worst error, i.e. near ties any rounding can reorder.
+
+    Example:
+        >>> near_ties(np.array([[0.50, 0.49, 0.01], [0.9, 0.05, 0.05]]), np.array([True, False]), 0.02)
+        {'flipped': 1, 'flipped_near_ties': 1, 'near_tie_margin': 0.04, 'median_flipped_margin': 0.01}
+    """
+    top2 = np.sort(ref.reshape(-1, ref.shape[-1]), axis=-1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    flipped = np.asarray(flipped).reshape(-1)
+    bound = 2 * float(max_abs_diff)
+    out = {"flipped": int(flipped.sum()), "flipped_near_ties": int((margin[flipped] < bound).sum()),
+           "near_tie_margin": round(bound, 6)}
+    if flipped.any():
+        out["median_flipped_margin"] = round(float(np.median(margin[flipped])), 6)
+    return out
+
+
+def diagnosis(figures: dict) -> str:
+    """One clause on why a check failed, from :func:`near_ties`' figures (empty when there are none)."""
+    if not figures.get("flipped"):
+        return ""
+    text = (f"; {figures['flipped_near_ties']} of the {figures['flipped']} flipped answers had the Keras model's top "
+            f"two scores within {figures['near_tie_margin']:.3g} (near ties its error can reorder)")
+    if figures.get("variant", "").startswith("int8"):
+        text += "; the int16x8 variant keeps more precision"
+    return text
 
 
 def export_and_check(model, fmt: str, variant: str | Variant, out_path: str | os.PathLike,
@@ -201,7 +233,8 @@ def export_and_check(model, fmt: str, variant: str | Variant, out_path: str | os
         artifact = export(model, fmt, variant, tmp, calibration=calibration)
         figures = check_parity(model, artifact, check_x, check_y, thresholds=thresholds, variant=variant)
         if not figures["passed"]:
-            raise ParityError(f"{fmt} " + "; ".join(figures["failures"]) + f" (n={figures['n']})", figures)
+            raise ParityError(f"{fmt} " + "; ".join(figures["failures"]) + f" (n={figures['n']})" + diagnosis(figures),
+                              figures)
         os.replace(tmp, out_path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

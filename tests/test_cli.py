@@ -110,3 +110,28 @@ def test_sigterm_stops_cleanly_with_resume_hint(tmp_path):
     _one_line_error(err, "interrupted", "edgecomp run --resume")
     leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".") and ".part" in p.name]
     assert leftovers == []
+
+
+def test_export_goes_on_past_a_parity_miss_and_says_why(tmp_path, capsys):
+    import json
+
+    from edgecomp.models import build_model
+    import keras
+    keras.utils.set_random_seed(0)
+    model = build_model("vgg", (28, 28, 1), 10, width=0.125)      # untrained: near-uniform, near-tied scores
+    path = tmp_path / "m.keras"
+    model.save(path)
+    out = tmp_path / "x"
+    code = main(["export", str(path), "--data", "synthetic_images", "--format", "tflite,onnx",
+                 "--variants", "int8,fp32", "--parity-size", "64", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    report = json.loads((out / "export.json").read_text())
+    assert code == 2 and len(err.splitlines()) == 1 and "missed the parity gate" in err
+    failed = {(f["format"], f["variant"]) for f in report["failed_parity"]}
+    assert ("tflite", "int8") in failed                      # the first variant missed ...
+    written = {(a["format"], a["variant"]) for a in report["artifacts"]}
+    assert {("tflite", "fp32"), ("onnx", "fp32")} <= written  # ... and the others were still tried
+    assert all((out / f"m_{v}.{fmt}").is_file() for fmt, v in written)
+    assert not any((out / f"m_{v}.{fmt}").exists() for fmt, v in failed)
+    first = report["failed_parity"][0]
+    assert "near ties" in first["error"] and first["parity"]["flipped"] >= 1
