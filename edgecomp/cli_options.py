@@ -84,6 +84,9 @@ def _add_compression(p, defaults: bool = True):
     g.add_argument("--distill", nargs="?", const="4,0.7", default=None, metavar="T,W",
                    help="distil from the unpruned model while fine-tuning the channel-pruned one: temperature and "
                         "soft-loss weight (default when given bare: 4,0.7; off: no distillation)")
+    g.add_argument("--bn-sparsity", default=None, metavar="STRENGTH[,EPOCHS]",
+                   help="network slimming: before the first channel step, train EPOCHS (default 1) with an L1 penalty "
+                        "of STRENGTH on every BatchNorm gamma (pair with --importance bn_scale)")
     if not defaults:
         for group in groups:
             for action in group._group_actions:
@@ -99,7 +102,7 @@ _DEEP_FLAGS = {"bits": "bits", "init": "init", "centroid_epochs": "centroid_epoc
 _STRUCTURED_FLAGS = {"channels": "channels", "target_macs": "target_macs", "target_latency": "target_latency",
                      "latency_profile": "latency_profile", "importance": "importance", "channel_ranking": "ranking",
                      "round_to": "round_to", "structured_steps": "structured_steps",
-                     "structured_epochs": "structured_epochs", "distill": "distill"}
+                     "structured_epochs": "structured_epochs", "distill": "distill", "bn_sparsity": "bn_sparsity"}
 
 
 def recipe_from_args(args, base=None):

@@ -273,5 +273,6 @@ _SHARING = {"init": "init", "centroid_epochs": "epochs"}
 _CODING = {"index_bits": "index_bits", "coder": "coder"}
 #: The structured stage's flat options (see :mod:`edgecomp.structured_stage`).
 STRUCTURED_OPTIONS = ("channels", "layer_channels", "target_macs", "target_latency", "latency_profile",
-                      "importance", "ranking", "round_to", "structured_steps", "structured_epochs", "distill")
+                      "importance", "ranking", "round_to", "structured_steps", "structured_epochs", "distill",
+                      "bn_sparsity")
 OPTIONS = (*_PRUNING, "method", *_FINE_TUNE, "bits", *_SHARING, *_CODING, "seed", *STRUCTURED_OPTIONS)

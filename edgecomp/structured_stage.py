@@ -43,6 +43,9 @@ class Structured(Config):
         steps: prune in this many steps towards the final ratio, fine-tuning after each.
         epochs: fine-tuning epochs after each step (the recipe's FineTune gives batch size and rate).
         distill: distil from the unpruned model while fine-tuning (:class:`~edgecomp.distill.Distill`).
+        sparsity, sparsity_epochs: network slimming's sparsity phase before the first step: this many
+            epochs of training (on a copy) with an L1 penalty of ``sparsity`` on every BatchNorm gamma,
+            so that ``bn_scale`` importance finds channels that can go (0: no such phase).
     """
 
     keep: float | None = None
@@ -56,6 +59,8 @@ class Structured(Config):
     steps: int = 1
     epochs: int = 1
     distill: Distill | None = None
+    sparsity: float = 0.0
+    sparsity_epochs: int = 0
     kind: ClassVar[str] = ""
 
     def __post_init__(self):
@@ -90,12 +95,21 @@ class Structured(Config):
         for name, low in (("round_to", 1), ("steps", 1), ("epochs", 0)):
             whole_number(f"structured {name}", getattr(self, name), low)
         set_("distill", Distill.parse(self.distill))
+        whole_number("BatchNorm sparsity epochs", self.sparsity_epochs)
+        strength = float(self.sparsity)
+        if not (strength >= 0 and strength != float("inf")):
+            raise EdgecompError(f"BatchNorm sparsity must be >= 0, got {self.sparsity}", fix="e.g. --bn-sparsity 1e-4,2")
+        set_("sparsity", strength)
+        if (strength > 0) != (self.sparsity_epochs > 0):
+            raise EdgecompError("a BatchNorm sparsity phase needs both a strength and epochs",
+                                fix="write --bn-sparsity STRENGTH,EPOCHS, e.g. 1e-4,2")
 
 
 def structured_from_options(base: Structured | None = None, **o) -> Structured:
     """A :class:`Structured` from flat options: ``channels`` (``0.5`` or ``"0.5,fc1=0.3"``),
     ``layer_channels``, ``target_macs``, ``target_latency``, ``latency_profile``, ``importance``,
-    ``ranking``, ``round_to``, ``structured_steps``, ``structured_epochs``, ``distill`` (``"T,W"``)."""
+    ``ranking``, ``round_to``, ``structured_steps``, ``structured_epochs``, ``distill`` (``"T,W"``),
+    ``bn_sparsity`` (``"STRENGTH[,EPOCHS]"``)."""
     fields = {}
     channels = o.pop("channels", None)
     if isinstance(channels, str):
@@ -110,6 +124,13 @@ def structured_from_options(base: Structured | None = None, **o) -> Structured:
             fields["layer_keep"] = tuple(layer)
     elif channels is not None:
         fields["keep"] = channels
+    if "bn_sparsity" in o:
+        strength, _, epochs = str(o.pop("bn_sparsity")).partition(",")
+        try:
+            fields["sparsity"], fields["sparsity_epochs"] = float(strength), int(epochs or 1)
+        except ValueError:
+            raise EdgecompError(f"bad --bn-sparsity {strength}{',' if epochs else ''}{epochs}",
+                                fix="write STRENGTH[,EPOCHS], e.g. 1e-4,2") from None
     if "layer_channels" in o:
         fields["layer_keep"] = tuple(fields.get("layer_keep", ())) + tuple(dict(o.pop("layer_channels")).items())
     names = {"target_macs": "target_macs", "target_latency": "target_latency", "latency_profile": "profile",
@@ -160,6 +181,23 @@ def _final_keep(model, cfg: Structured, x, y, measure) -> tuple[float | None, di
                   "measured_ms": value}
 
 
+def _sparsity_phase(model, x, y, cfg: Structured, recipe, verbose: int, history: list):
+    """Network slimming's sparsity training, on a copy (the unpruned model stays the teacher)."""
+    import keras
+
+    from edgecomp.structured import bn_sparsity
+
+    student = keras.models.clone_model(model)
+    student.set_weights(model.get_weights())
+    ft = recipe.fine_tune
+    with bn_sparsity(student, cfg.sparsity):     # train.fit compiles inside the block: the penalty applies
+        h = train.fit(student, x, y, epochs=cfg.sparsity_epochs, batch_size=ft.batch_size, seed=recipe.seed + 199,
+                      learning_rate=ft.learning_rate, lr_schedule=ft.lr_schedule, verbose=verbose)
+    history.append({"stage": "bn-sparsity", "strength": cfg.sparsity, "epochs": cfg.sparsity_epochs,
+                    **{k: v[-1] for k, v in h.items()}})
+    return student
+
+
 def run_structured(model, x, y, recipe, *, verbose: int, history: list, checkpoints=None, measure=None):
     """The structured stage: returns ``(smaller model, report dict)``; ``model`` (the teacher) is unchanged.
 
@@ -177,11 +215,13 @@ def run_structured(model, x, y, recipe, *, verbose: int, history: list, checkpoi
         info = checkpoints.info(f"structured-{last}")
         history.extend(checkpoints.info(f"structured-{i}")["history"] for i in range(1, last + 1))
         return checkpoints.load_model(f"structured-{last}"), info["report"]
+    current, steps_report, teacher_probs = model, [], None
     if last:  # the search's answer is in the checkpoints: a resumed run follows the same schedule
         final, searched = checkpoints.info("structured-1")["final"], checkpoints.info("structured-1")["searched"]
     else:
-        final, searched = _final_keep(model, cfg, x, y, measure)
-    current, steps_report, teacher_probs = model, [], None
+        if cfg.sparsity > 0 and x is not None:
+            current = _sparsity_phase(model, x, y, cfg, recipe, verbose, history)
+        final, searched = _final_keep(current, cfg, x, y, measure)
     if last:
         current = checkpoints.load_model(f"structured-{last}")
         history.extend(checkpoints.info(f"structured-{i}")["history"] for i in range(1, last + 1))

@@ -171,3 +171,30 @@ def test_macs_target_over_steps_is_met_by_the_final_model(trained):
     assert s["macs_after"] <= 0.3 * s["macs_before"] and s["macs_fraction"] == s["macs_after"] / s["macs_before"]
     with pytest.raises(EdgecompError, match="can't be combined"):
         Recipe.from_options(channels="fc1=0.5", target_macs=0.3)
+
+
+def test_network_slimming_sparsity_phase_shrinks_gammas_on_a_copy():
+    import keras
+    from edgecomp.structured_stage import _sparsity_phase
+    keras.utils.set_random_seed(0)
+    ds = load_dataset("synthetic_patterns", n_train=128, n_test=32, shape=(16, 16, 3), num_classes=4)
+    model = build_model("resnet", ds.input_shape, ds.num_classes, depth=8)
+    gammas = lambda m: sum(float(np.abs(l.gamma.numpy()).sum()) for l in m.layers  # noqa: E731
+                           if isinstance(l, keras.layers.BatchNormalization))
+    before = gammas(model)
+    recipe = Recipe.from_options(channels=0.5, importance="bn_scale", bn_sparsity="0.05,2")
+    assert recipe.structured.sparsity == 0.05 and recipe.structured.sparsity_epochs == 2
+    history = []
+    student = _sparsity_phase(model, ds.x_train, ds.y_train, recipe.structured, recipe, 0, history)
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    train.fit(plain, ds.x_train, ds.y_train, epochs=2, seed=recipe.seed + 199, verbose=0)   # the same, no penalty
+    # Adam moves each gamma about one learning rate a step towards 0 under the penalty: 288 gammas x 4 steps
+    assert gammas(student) < gammas(plain) - 0.5 and gammas(model) == before      # the teacher is untouched
+    assert history[0]["stage"] == "bn-sparsity"
+    for bad in ("0.05,0", "x", "-1,2"):
+        with pytest.raises(EdgecompError):
+            Recipe.from_options(channels=0.5, bn_sparsity=bad)
+    result = compress(model, ds, Recipe.from_options(channels=0.5, importance="bn_scale", bn_sparsity="0.05,1",
+                                                      structured_epochs=0, fine_tune_epochs=0), verbose=0)
+    assert result.history[0]["stage"] == "bn-sparsity" and result.structured["macs_after"] < result.structured["macs_before"]
