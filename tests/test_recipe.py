@@ -32,12 +32,30 @@ FLAGS = {
     "--coder": ("deflate", lambda c: c["coding"]["coder"] == "deflate"),
     "--batch-size": ("32", lambda c: c["fine_tune"]["batch_size"] == 32),
     "--seed": ("3", lambda c: c["seed"] == 3),
+    # the structured stage's
+    "--channels": ("0.75", lambda c: c["structured"]["keep"] == 0.75),
+    "--structured-steps": ("3", lambda c: c["structured"]["steps"] == 3),
+    "--structured-epochs": ("2", lambda c: c["structured"]["epochs"] == 2),
+    "--importance": ("l2", lambda c: c["structured"]["importance"] == "l2"),
+    "--channel-ranking": ("global", lambda c: c["structured"]["ranking"] == "global"),
+    "--round-to": ("2", lambda c: c["structured"]["round_to"] == 2),
+    "--distill": ("2,0.5", lambda c: c["structured"]["distill"] == {"temperature": 2.0, "weight": 0.5}),
+    "--bn-sparsity": ("1e-4,1", lambda c: c["structured"]["sparsity"] == 1e-4 and c["structured"]["sparsity_epochs"] == 1),
 }
+#: Flags that exclude --channels, each checked in a run of its own.
+TARGET_FLAGS = {
+    "--target-macs": ("0.7", lambda c: c["structured"]["target_macs"] == 0.7 and c["structured"]["keep"] is None),
+    "--target-latency": ("50", lambda c: c["structured"]["target_latency"] == 50.0),
+    "--latency-profile": ("mobile-little", lambda c: c["structured"]["profile"] == "mobile-little"),
+}
+TARGET_RUNS = {"--target-macs": ["--target-macs"], "--target-latency": ["--target-latency", "--latency-profile"],
+               "--latency-profile": ["--target-latency", "--latency-profile"]}
 
 
-def _flag_args():
+def _flag_args(flags=None):
     out = []
-    for flag, (value, _) in FLAGS.items():
+    for flag in flags or FLAGS:
+        value = {**FLAGS, **TARGET_FLAGS}[flag][0]
         out += [flag] if value is None else [flag, value]
     return out
 
@@ -59,24 +77,42 @@ def model_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def outcomes(model_file, tmp_path_factory):
-    """One CLI run per mode with every flag set: ``{mode: (settings, container recipe, layer rows)}``."""
-    out, found = tmp_path_factory.mktemp("modes"), {}
+def _run_modes(model_file, out, flags) -> dict:
+    """One CLI run per mode with ``flags`` set: ``{mode: (settings, container recipe, layer rows)}``."""
+    found = {}
     data = ["--data", "synthetic_images", "--test-size", "50"]
     for mode, extra in (("plain", []), ("budget", ["--max-accuracy-drop", "50", "--val-size", "100"])):
         ecz, rep = out / f"{mode}.ecz", out / f"{mode}.json"
-        assert main(["compress", str(model_file), *data, *_flag_args(), *extra, "-o", str(ecz),
-                     "--report", str(rep)]) == 0
+        assert main(["compress", str(model_file), *data, *flags, *extra, "-o", str(ecz), "--report", str(rep)]) == 0
         report = json.loads(rep.read_text())
         found[mode] = (report["settings"], _container_recipe(ecz), report["layers"])
     run_out = out / "run"
     # the run's int8 export must pass parity: a model trained as check_resume.py's, 200 test images
     assert main(["run", "--width", "0.25", "--epochs", "2", "--train-size", "512", "--latency-runs", "5", "--seed-rate", "none",
-                 "--data", "synthetic_images", "--test-size", "200", *_flag_args(), "-o", str(run_out)]) == 0
+                 "--data", "synthetic_images", "--test-size", "200", *flags, "-o", str(run_out)]) == 0
     report = json.loads((run_out / "report.json").read_text())
     found["run"] = (report["config"]["recipe"], _container_recipe(run_out / "edgecomp.ecz"), report["layers"])
     return found
+
+
+@pytest.fixture(scope="module")
+def outcomes(model_file, tmp_path_factory):
+    """Every flag of FLAGS at once, in each mode."""
+    return _run_modes(model_file, tmp_path_factory.mktemp("modes"), _flag_args())
+
+
+@pytest.fixture(scope="module")
+def target_outcomes(model_file, tmp_path_factory):
+    """``{run name: outcomes}`` for the target flags, run lazily (each excludes --channels)."""
+    cache = {}
+
+    def get(flag):
+        name = TARGET_RUNS[flag][0]
+        if name not in cache:
+            cache[name] = _run_modes(model_file, tmp_path_factory.mktemp("targets"),
+                                     _flag_args(["--method", "--fine-tune-epochs", *TARGET_RUNS[flag]]))
+        return cache[name]
+    return get
 
 
 @pytest.mark.slow
@@ -85,6 +121,16 @@ def outcomes(model_file, tmp_path_factory):
 def test_every_flag_reaches_settings_and_container(outcomes, mode, flag):
     settings, in_container, _ = outcomes[mode]
     check = FLAGS[flag][1]
+    assert check(settings), (flag, mode, settings)
+    assert check(in_container), (flag, mode, in_container)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["plain", "budget", "run"])
+@pytest.mark.parametrize("flag", list(TARGET_FLAGS))
+def test_every_target_flag_reaches_settings_and_container(target_outcomes, mode, flag):
+    settings, in_container, _ = target_outcomes(flag)[mode]
+    check = TARGET_FLAGS[flag][1]
     assert check(settings), (flag, mode, settings)
     assert check(in_container), (flag, mode, in_container)
 
