@@ -26,14 +26,22 @@ def analyze(model, x_val, y_val, *, rates=RATES, bits=BITS, progress: bool = Tru
     """Measure each prunable weight's accuracy drop (percentage points) per rate and per bit width."""
     from tqdm import tqdm
 
+    from edgecomp.errors import EdgecompError
+    from edgecomp.structured import count_macs
+
     rates = [check_rate(r) for r in rates]
     base = train.evaluate(model, x_val, y_val)
     found = prunable_weights(model, skip_first=False)
+    try:
+        macs = count_macs(model)[0]          # by layer path, beside each layer's parameters
+    except EdgecompError:
+        macs = {}
     rows = []
     bar = tqdm(total=len(found) * (len(rates) + len(bits)), desc="sensitivity", unit="eval", disable=not progress)
     for var, axes in found:
         original = var.numpy().copy()
-        row = {"name": var.path, "params": int(original.size), "prune": {}, "bits": {}}
+        row = {"name": var.path, "params": int(original.size), "macs": macs.get(var.path.rsplit("/", 1)[0]),
+               "prune": {}, "bits": {}}
         for r in rates:
             var.assign(original * filter_mask(original, r, axes))
             row["prune"][str(r)] = 100 * (base - train.evaluate(model, x_val, y_val))
@@ -51,10 +59,12 @@ def analyze(model, x_val, y_val, *, rates=RATES, bits=BITS, progress: bool = Tru
 
 def markdown(table: dict) -> str:
     rates, bits = table["rates"], table["bits"]
-    head = ["layer", "params"] + [f"prune {r}" for r in rates] + [f"{b} bits" for b in bits]
+    head = ["layer", "params", "layer MACs"] + [f"prune {r}" for r in rates] + [f"{b} bits" for b in bits]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table["layers"]:
-        cells = [row["name"], f"{row['params']:,}"] + [f"{row['prune'][str(r)]:+.2f}" for r in rates]
+        macs = row.get("macs")
+        cells = [row["name"], f"{row['params']:,}", "-" if macs is None else f"{macs:,}"]
+        cells += [f"{row['prune'][str(r)]:+.2f}" for r in rates]
         cells += [f"{row['bits'][str(b)]:+.2f}" for b in bits]
         lines.append("| " + " | ".join(cells) + " |")
     return (f"Accuracy drop in points when one layer alone is pruned (per filter) or weight-shared, "

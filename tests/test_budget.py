@@ -50,6 +50,7 @@ def test_sensitivity_table_shapes_and_sense(trained):
     assert len(table["layers"]) == 9
     for row in table["layers"]:
         assert set(row["prune"]) == {"0.5", "0.99"} and set(row["bits"]) == {"8", "1"}
+        assert row["macs"] > 0                     # MACs beside the parameter count
     # the whole model is unchanged afterwards
     assert train.evaluate(model, ds.x_train[-200:], ds.y_train[-200:]) == table["baseline_accuracy"]
     # pruning at 99% hurts more than at 50%, over all layers together, and sharing at 1 bit more than at 8
