@@ -163,8 +163,6 @@ def export_checked(model, name: str, ds, out: Path, ref, queue: list, x_cal, ste
 
 
 def run_model(name: str, args, out: Path) -> dict:
-    import numpy as np
-
     from edgecomp import store, train
     from edgecomp.models import build_model
     from edgecomp.pipeline import compress
@@ -179,7 +177,9 @@ def run_model(name: str, args, out: Path) -> dict:
     print(f"[{name}] {ds.name}: {note}; {len(ds.x_train)} train / {len(ds.x_test)} test", flush=True)
 
     model = build_model(name, ds.input_shape, ds.num_classes, **SPECS[name]["options"])
+    from edgecomp.structured import count_macs
     row["params"] = int(model.count_params())
+    row["macs"] = int(count_macs(model)[1])
     stages = row["stage_seconds"] = {}
     tick = time.time()
     epochs = args.epochs if args.epochs is not None else SPECS[name].get("epochs", 4)
@@ -246,18 +246,19 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "tens of KB for the BN-heavy nets; in brackets: float32 weights / the coded weight streams alone). "
         f"{meta['machine']}.",
         "",
-        "| model | data | params | acc before | acc after | container B | ratio | artifact | bytes | parity | max abs diff | median ms |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|",
+        "| model | data | params | MACs | acc before | acc after | container B | ratio | artifact | bytes | parity | max abs diff | median ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|",
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['model']} | - | - | - | - | - | - | failed: {row['error']} | | | | |")
+            lines.append(f"| {row['model']} | - | - | - | - | - | - | - | failed: {row['error']} | | | | |")
             continue
         source = "real" if row["source"].startswith("real") else "synthetic"
-        head = (f"| {row['model']} | {row['data']} ({source}) | {row['params']:,} | {_pct(row['before']['accuracy'])} | "
+        macs = f"{row['macs']:,}" if row.get("macs") is not None else "-"
+        head = (f"| {row['model']} | {row['data']} ({source}) | {row['params']:,} | {macs} | {_pct(row['before']['accuracy'])} | "
                 f"{_pct(row['after']['accuracy'])} | {row['container_bytes']:,} | {row['storage_ratio']}x "
                 f"({row['weights_ratio']}x) |")
-        blank = "| | | | | | | |"
+        blank = "| | | | | | | | |"
         for i, a in enumerate(row["artifacts"]):
             lead = head if i == 0 else blank
             if "error" in a:
