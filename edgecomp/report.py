@@ -17,13 +17,18 @@ def _num(v, fmt="{:,}"):
     return "-" if v is None else fmt.format(v)
 
 
+def bench_by_path(report: dict) -> dict:
+    """The run's bench records by resolved file path (an artifact's ``path`` looks its record up here)."""
+    return {str(Path(r["file"]).resolve()): r for r in report["bench"]}
+
+
 def model_rows(report: dict) -> list[list[str]]:
     return [[m["name"], _num(m["params"]), _num(m.get("macs")), _num(m["nonzeros"]), _pct(m["accuracy"]),
              _num(m["storage_bytes"]), f"{m['ratio']:.1f}x"] for m in report["models"]]
 
 
 def artifact_rows(report: dict) -> list[list[str]]:
-    bench = {str(Path(r["file"]).resolve()): r for r in report["bench"]}
+    bench = bench_by_path(report)
     base = next((bench.get(str(Path(a["path"]).resolve()), {}) for a in report["artifacts"]
                  if a.get("model") == "baseline"), {})
     rows = []
@@ -138,7 +143,7 @@ def plot_size_accuracy(report: dict) -> bytes:
 
     fig, (ax, lat) = plt.subplots(1, 2, figsize=(13, 6.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    bench = {str(Path(r["file"]).resolve()): r for r in report["bench"]}
+    bench = bench_by_path(report)
     markers = iter("sDP^v<>ohX*p")
     for i, m in enumerate(report["models"]):
         ax.scatter(m["storage_bytes"] / 1024, 100 * m["accuracy"], marker="s", s=70, color=colors[i % len(colors)],

@@ -248,7 +248,9 @@ def headline(report: dict) -> dict:
     """edgecomp's result against the baseline: container and file size ratios, the fastest
     parity-passing export's speedup over the baseline fp32 TFLite, and the accuracy change."""
     from pathlib import Path
-    bench = {str(Path(r["file"]).resolve()): r for r in report["bench"]}
+
+    from edgecomp.report import bench_by_path
+    bench = bench_by_path(report)
     arts = [(a, bench.get(str(Path(a["path"]).resolve()), {})) for a in report["artifacts"]]
     base = next((r for a, r in arts if a["model"] == "baseline"), {})
     mine = [(a, r) for a, r in arts if a["model"] == "edgecomp" and r.get("median_ms") and not r.get("error")

@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_zoo import MODELS, SPECS, export_checked, export_variants, load_data  # noqa: E402
+from bench_zoo import MODELS, SPECS, export_checked, export_variants, load_data, parse_models  # noqa: E402
 from structured_zoo_md import (COLUMNS, MIN_STRUCTURED_EPOCHS, REDUCED_EPOCHS, epochs_cell,  # noqa: E402,F401
                                full_structured_epochs, markdown, table_row)
 
@@ -273,11 +273,8 @@ def main(argv=None) -> int:
     from edgecomp import io
     from edgecomp.errors import EdgecompError
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in SPECS]
     try:
-        if unknown:
-            raise EdgecompError(f"unknown model(s): {', '.join(unknown)}", fix=f"use some of: {', '.join(MODELS)}")
+        models = parse_models(args.models)
         if args.structured_steps < 1:
             raise EdgecompError(f"--structured-steps must be >= 1, got {args.structured_steps}", fix="e.g. 2")
         if args.structured_epochs is not None and args.structured_epochs < 0:

@@ -277,6 +277,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_models(text: str) -> list[str]:
+    """``"vgg,unet"`` -> the zoo models named, in order; an unknown name is an EdgecompError."""
+    from edgecomp.errors import EdgecompError
+
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in models if m not in SPECS]
+    if unknown:
+        raise EdgecompError(f"unknown model(s): {', '.join(unknown)}", fix=f"use some of: {', '.join(MODELS)}")
+    return models
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     import platform
@@ -285,11 +296,8 @@ def main(argv=None) -> int:
     from edgecomp.errors import EdgecompError
     from edgecomp.pruning import check_rate
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in SPECS]
     try:
-        if unknown:
-            raise EdgecompError(f"unknown model(s): {', '.join(unknown)}", fix=f"use some of: {', '.join(MODELS)}")
+        models = parse_models(args.models)
         check_rate(args.compress_rate)
         out = io.ensure_dir(args.out)
         work = io.ensure_dir(args.work)
