@@ -159,7 +159,7 @@ def _step_spec(cfg: Structured, final: float | None, i: int):
     return {**rules_i, **({"*": _step_keep(final, i, cfg.steps)} if final is not None else {})}
 
 
-def _final_keep(model, cfg: Structured, x, y, measure) -> tuple[float | None, dict]:
+def _final_keep(model, cfg: Structured, x, y, measure, macs_before: int) -> tuple[float | None, dict]:
     """The overall keep ratio (None: rules only) and what the target search found."""
     from edgecomp.structured import count_macs, search_keep
 
@@ -168,8 +168,7 @@ def _final_keep(model, cfg: Structured, x, y, measure) -> tuple[float | None, di
     opts = dict(importance=cfg.importance, data=(x, y) if x is not None else None, ranking=cfg.ranking,
                 round_to=cfg.round_to)
     if cfg.target_macs is not None:
-        base = count_macs(model)[1]
-        keep, _, _, value = search_keep(model, lambda m: count_macs(m)[1] / base, cfg.target_macs,
+        keep, _, _, value = search_keep(model, lambda m: count_macs(m)[1] / macs_before, cfg.target_macs,
                                         what=f"{cfg.target_macs:.1%} of the MACs", **opts)
         return keep, {"target_macs": cfg.target_macs, "searched_keep": keep, "searched_macs_fraction": value}
     if measure is None:
@@ -221,7 +220,7 @@ def run_structured(model, x, y, recipe, *, verbose: int, history: list, checkpoi
     else:
         if cfg.sparsity > 0 and x is not None:
             current = _sparsity_phase(model, x, y, cfg, recipe, verbose, history)
-        final, searched = _final_keep(current, cfg, x, y, measure)
+        final, searched = _final_keep(current, cfg, x, y, measure, macs_before)
     if last:
         current = checkpoints.load_model(f"structured-{last}")
         history.extend(checkpoints.info(f"structured-{i}")["history"] for i in range(1, last + 1))
