@@ -96,9 +96,8 @@ def _add_compression(p, defaults: bool = True):
 #: Compression flag (argparse dest) -> Recipe.from_options option.
 _RECIPE_FLAGS = {"method": "method", "rate": "rate", "criterion": "criterion", "layer_rates": "layer_rates",
                  "prune_schedule": "schedule", "fine_tune_epochs": "fine_tune_epochs", "lr_schedule": "lr_schedule",
-                 "batch_size": "batch_size", "seed": "seed"}
-_DEEP_FLAGS = {"bits": "bits", "init": "init", "centroid_epochs": "centroid_epochs", "index_bits": "index_bits",
-               "coder": "coder"}
+                 "batch_size": "batch_size", "seed": "seed", "bits": "bits", "init": "init",
+                 "centroid_epochs": "centroid_epochs", "index_bits": "index_bits", "coder": "coder"}
 _STRUCTURED_FLAGS = {"channels": "channels", "target_macs": "target_macs", "target_latency": "target_latency",
                      "latency_profile": "latency_profile", "importance": "importance", "channel_ranking": "ranking",
                      "round_to": "round_to", "structured_steps": "structured_steps",
@@ -114,11 +113,9 @@ def recipe_from_args(args, base=None):
 
     given = lambda table: {opt: getattr(args, dest) for dest, opt in table.items()  # noqa: E731
                            if getattr(args, dest, None) is not None}
-    options, deep, structured = given(_RECIPE_FLAGS), given(_DEEP_FLAGS), given(_STRUCTURED_FLAGS)
+    options, structured = given(_RECIPE_FLAGS), given(_STRUCTURED_FLAGS)
     if getattr(args, "prune_first", False):
         options["skip_first"] = False
-    if str(structured.get("distill", "")).lower() in ("off", "none"):
-        structured["distill"] = False
     if str(structured.get("channels", "")).lower() in ("off", "none"):
         del structured["channels"]
         if structured:
@@ -130,4 +127,4 @@ def recipe_from_args(args, base=None):
         flag = "--" + next(d for d, o in _STRUCTURED_FLAGS.items() if o in structured).replace("_", "-")
         raise EdgecompError(f"{flag} sets structured pruning, which needs --channels, --target-macs or --target-latency",
                             fix=f"add one of them, or drop {flag}")
-    return Recipe.from_options(base, **options, **deep, **structured)
+    return Recipe.from_options(base, **options, **structured)

@@ -42,8 +42,9 @@ class Distill(Config):
 
     @classmethod
     def parse(cls, spec) -> "Distill | None":
-        """``"T,W"``, ``"T"``, ``True`` (the defaults), a dict or a Distill -> Distill; falsy -> None."""
-        if spec is None or spec is False or spec == "":
+        """``"T,W"``, ``"T"``, ``True`` (the defaults), a dict or a Distill -> Distill; falsy, ``off`` or
+        ``none`` -> None."""
+        if spec is None or spec is False or str(spec).strip().lower() in ("", "off", "none"):
             return None
         if isinstance(spec, Distill):
             return spec
