@@ -87,6 +87,16 @@ def _add_compression(p, defaults: bool = True):
     g.add_argument("--bn-sparsity", default=None, metavar="STRENGTH[,EPOCHS]",
                    help="network slimming: before the first channel step, train EPOCHS (default 1) with an L1 penalty "
                         "of STRENGTH on every BatchNorm gamma (pair with --importance bn_scale)")
+    g = p.add_argument_group("quantization-aware training (int8 simulated while fine-tuning: int8 files on trained "
+                             "ranges, no calibration)")
+    groups.append(g)
+    g.add_argument("--qat-epochs", type=_positive, default=None,
+                   help="QAT fine-tuning epochs after pruning/sharing; the int8 TFLite/ONNX exports then use its trained "
+                        "ranges (default: 0, no QAT)")
+    g.add_argument("--qat-learning-rate", type=float, default=None, help="QAT's Adam learning rate (default: 1e-4)")
+    g.add_argument("--qat-weight-bits", type=int, default=None,
+                   help="QAT weight grid bits, 2..8, stored as int8 (7: safe for ONNX Runtime's u8s8 kernels on x86 "
+                        "without VNNI) (default: 8)")
     if not defaults:
         for group in groups:
             for action in group._group_actions:
@@ -97,7 +107,9 @@ def _add_compression(p, defaults: bool = True):
 _RECIPE_FLAGS = {"method": "method", "rate": "rate", "criterion": "criterion", "layer_rates": "layer_rates",
                  "prune_schedule": "schedule", "fine_tune_epochs": "fine_tune_epochs", "lr_schedule": "lr_schedule",
                  "batch_size": "batch_size", "seed": "seed", "bits": "bits", "init": "init",
-                 "centroid_epochs": "centroid_epochs", "index_bits": "index_bits", "coder": "coder"}
+                 "centroid_epochs": "centroid_epochs", "index_bits": "index_bits", "coder": "coder",
+                 "qat_epochs": "qat_epochs", "qat_learning_rate": "qat_learning_rate",
+                 "qat_weight_bits": "qat_weight_bits"}
 _STRUCTURED_FLAGS = {"channels": "channels", "target_macs": "target_macs", "target_latency": "target_latency",
                      "latency_profile": "latency_profile", "importance": "importance", "channel_ranking": "ranking",
                      "round_to": "round_to", "structured_steps": "structured_steps",

@@ -39,7 +39,7 @@ import numpy as np
 from edgecomp.errors import EdgecompError, first_line
 from edgecomp.graph import ModelGraph
 
-__all__ = ["fold_batchnorm", "bn_affine", "folded_summary"]
+__all__ = ["fold_batchnorm", "fold_plan", "bn_affine", "folded_summary"]
 
 _CONVS = ("Conv1D", "Conv2D", "Conv3D")
 _TARGETS = _CONVS + ("Dense",)
@@ -98,22 +98,16 @@ def _is_pointwise_conv(cfg: dict) -> bool:
     return all(int(k) == 1 for k in size) and int(cfg.get("groups", 1)) == 1
 
 
-def fold_batchnorm(model):
-    """A new model computing ``model``'s inference function with its foldable BN layers absorbed.
+def fold_plan(model) -> dict[str, tuple[str, str]]:
+    """Which BatchNorm layers fold, and into what: ``{bn name: ("back" | "forward", layer name)}``.
 
-    The original model is not changed. Returns a model with the same inputs,
-    outputs and layer names (less the folded BNs); layers that absorbed a BN get
-    a bias if they had none.
+    The one plan :func:`fold_batchnorm` (for export) and quantization-aware training (folding
+    on the fly, :mod:`edgecomp.qat`) both follow.
 
     Example:
-        >>> from edgecomp.models import build_model
-        >>> m = build_model("densenet", (32, 32, 3), 10, depth=7, growth_rate=4)
-        >>> f = fold_batchnorm(m)
-        >>> sum(type(l).__name__ == "BatchNormalization" for l in f.layers)   # only the head's BN stays
-        1
+        >>> fold_plan(model)["stem_bn"]
+        ('back', 'stem_conv')
     """
-    import keras
-
     model, config = _functional_config(model)
     entries = {entry["name"]: entry for entry in config["layers"]}
     graph = ModelGraph(model, expand_nested=False)  # a nested model is one node, kept whole
@@ -164,6 +158,28 @@ def fold_batchnorm(model):
             plan[name] = ("forward", target)
             claimed.add(target)
 
+    return plan
+
+
+def fold_batchnorm(model):
+    """A new model computing ``model``'s inference function with its foldable BN layers absorbed.
+
+    The original model is not changed. Returns a model with the same inputs,
+    outputs and layer names (less the folded BNs); layers that absorbed a BN get
+    a bias if they had none.
+
+    Example:
+        >>> from edgecomp.models import build_model
+        >>> m = build_model("densenet", (32, 32, 3), 10, depth=7, growth_rate=4)
+        >>> f = fold_batchnorm(m)
+        >>> sum(type(l).__name__ == "BatchNormalization" for l in f.layers)   # only the head's BN stays
+        1
+    """
+    import keras
+
+    model, config = _functional_config(model)
+    entries = {entry["name"]: entry for entry in config["layers"]}
+    plan = fold_plan(model)
     if not plan:
         return _copy_model(model, config)
 

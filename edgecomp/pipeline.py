@@ -45,6 +45,9 @@ class CompressedModel:
     search: dict | None = None
     #: The structured stage's report (MACs/params before and after, groups, kept-whole reasons).
     structured: dict | None = None
+    #: The QAT stage's model (int8 simulated; its int8 exports use the trained ranges) and record.
+    qat_model: object = None
+    qat: dict | None = None
 
     @property
     def macs(self) -> int:
@@ -69,7 +72,8 @@ class CompressedModel:
         return len(self.container)
 
     def decode(self):
-        """The Keras model rebuilt from the container (what a device would get)."""
+        """The Keras model rebuilt from the container (what a device would get; after QAT, the
+        QAT model over the decoded weights and stored ranges)."""
         return store.decode_model(self.container)
 
 
@@ -198,6 +202,31 @@ def _share_and_fine_tune(model, x, y, recipe: Recipe, *, verbose, history, check
     return shared
 
 
+def _quantization_aware(model, x, y, recipe: Recipe, masks, shared, *, verbose, history, checkpoints):
+    """The QAT stage: fake quantization where the int8 kernels quantize, then fine-tuning with the
+    masks held and shared weights on their codebooks. Checkpoint key: ``qat``."""
+    from edgecomp import qat
+
+    if checkpoints is not None and checkpoints.done("qat"):
+        checkpoints.load("qat", model)
+        info = checkpoints.info("qat")
+        history.append(info["history"])
+        for p, st in (shared or {}).items():
+            st.refresh(next(v for v in model.weights if v.path == p).numpy())
+        return qat.restore(model, info["qat"]), info["qat"]
+    if x is None:
+        raise EdgecompError("QAT needs training data", fix="pass data to compress, or drop --qat-epochs")
+    qmodel, report = qat.quantize_model(model, recipe.qat)
+    out = qat.fine_tune(qmodel, x, y, recipe.qat, batch_size=recipe.fine_tune.batch_size, masks=masks,
+                        shared=shared, seed=recipe.seed + 200, verbose=verbose)
+    entry = {"stage": "qat", "epochs": recipe.qat.epochs, "loss": out["loss"][-1] if out["loss"] else None}
+    history.append(entry)
+    info = qat.container_info(qmodel, recipe.qat, report)
+    if checkpoints is not None:
+        checkpoints.save("qat", model, info={"qat": info, "history": entry})
+    return qmodel, info
+
+
 def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: int = 1, info: dict | None = None,
              checkpoints=None, measure=None, **options) -> CompressedModel:
     """Compress ``model`` by ``recipe`` and return a :class:`CompressedModel`.
@@ -239,13 +268,20 @@ def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: 
         raise EdgecompError("the model has no prunable Conv/Dense kernels",
                             fix="compress a model with Conv or Dense layers")
     masks = _prune_and_fine_tune(model, x, y, recipe, verbose=verbose, history=history, checkpoints=checkpoints)
-    if recipe.sharing is None:
+    shared = None
+    if recipe.sharing is not None:
+        shared = _share_and_fine_tune(model, x, y, recipe, verbose=verbose, history=history, checkpoints=checkpoints)
+    qmodel = qat_info = None
+    if recipe.qat is not None:
+        qmodel, qat_info = _quantization_aware(model, x, y, recipe, masks, shared, verbose=verbose, history=history,
+                                               checkpoints=checkpoints)
+    if shared is None:
         specs = {name: "seed" for name in masks}
     else:
-        shared = _share_and_fine_tune(model, x, y, recipe, verbose=verbose, history=history, checkpoints=checkpoints)
         specs = {name: codec.deep_spec(st, index_bits=recipe.coding.index_bits, coder=recipe.coding.coder)
                  for name, st in shared.items()}
     settings = recipe.get_config()
-    container = store.encode_model(model, specs, info={"recipe": settings, **(info or {})})
+    meta = {"recipe": settings, **({"qat": qat_info} if qat_info else {}), **(info or {})}
+    container = store.encode_model(model, specs, info=meta)
     return CompressedModel(model, masks, container, _report(model, container, masks), settings, history, recipe,
-                           structured=structured)
+                           structured=structured, qat_model=qmodel, qat=qat_info)

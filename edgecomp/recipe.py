@@ -143,8 +143,11 @@ class Coding(Config):
             raise EdgecompError(f"unknown entropy coder '{self.coder}'", fix=f"use one of: {', '.join(CODERS)}")
 
 
+from edgecomp.qat import QAT  # noqa: E402  (the QAT stage's config; imports no Keras)
+
 #: Stage configs by field name, for :meth:`Recipe.from_config`; later stages register here.
-STAGES: dict[str, type] = {"pruning": Pruning, "fine_tune": FineTune, "sharing": Sharing, "coding": Coding}
+STAGES: dict[str, type] = {"pruning": Pruning, "fine_tune": FineTune, "sharing": Sharing, "qat": QAT,
+                           "coding": Coding}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +162,9 @@ class Recipe(Config):
     sharing: Sharing | None = None
     coding: Coding = Coding()
     structured: object = None
+    qat: QAT | None = None
     seed: int = 0
-    ORDER: ClassVar[tuple] = ("structured", "pruning", "sharing", "coding")
+    ORDER: ClassVar[tuple] = ("structured", "pruning", "sharing", "qat", "coding")
 
     def __post_init__(self):
         if self.structured is not None:
@@ -204,6 +208,8 @@ class Recipe(Config):
             prune = "int8 weights, no weight pruning"
         if self.sharing is not None:
             prune += ", bits " + ",".join(f"{k}={v}" for k, v in self.sharing.bits)
+        if self.qat is not None:
+            prune += f"; QAT {self.qat.epochs} epoch" + ("s" if self.qat.epochs > 1 else "")
         return "; ".join(parts + [prune])
 
     @classmethod
@@ -226,8 +232,9 @@ class Recipe(Config):
         or an object), ``layer_rates`` (``"fc1=0.9"`` or a dict), ``schedule`` (``"iterative:3"`` or
         an object), ``skip_first``, ``fine_tune_epochs``, ``batch_size``, ``learning_rate``,
         ``lr_schedule``, ``bits`` (``"conv=8,dense=5"``, an int or a dict), ``init``,
-        ``centroid_epochs``, ``index_bits``, ``coder``, ``seed``, and the structured stage's
-        (:data:`STRUCTURED_OPTIONS`).
+        ``centroid_epochs``, ``index_bits``, ``coder``, ``seed``, the structured stage's
+        (:data:`STRUCTURED_OPTIONS`) and QAT's (``qat_epochs``, ``qat_learning_rate``,
+        ``qat_weight_bits``).
         """
         from edgecomp.pruning import parse_rates
         from edgecomp.weight_sharing import parse_bits
@@ -256,13 +263,19 @@ class Recipe(Config):
             if "bits" in o:
                 sharing = sharing.replace(bits=tuple(parse_bits(o["bits"]).items()))
             sharing = sharing.replace(**{f: o[k] for k, f in _SHARING.items() if k in o})
+        qat = base.qat
+        if any(o.get(k) is not None for k in _QAT):
+            if o.get("qat_epochs") == 0:
+                qat = None
+            else:
+                qat = (qat or QAT()).replace(**{f: o[k] for k, f in _QAT.items() if k in o})
         structured = base.structured
         picked = {k: o[k] for k in STRUCTURED_OPTIONS if k in o}
         if picked:
             from edgecomp.structured_stage import structured_from_options
             structured = structured_from_options(structured, **picked)
         return cls(pruning=pruning, fine_tune=fine_tune, sharing=sharing, coding=coding,
-                   structured=structured, seed=o.get("seed", base.seed))
+                   structured=structured, qat=qat, seed=o.get("seed", base.seed))
 
 
 _PRUNING = {"rate": "rate", "criterion": "criterion", "schedule": "schedule", "layer_rates": "layer_rates",
@@ -271,8 +284,10 @@ _FINE_TUNE = {"fine_tune_epochs": "epochs", "batch_size": "batch_size", "learnin
               "lr_schedule": "lr_schedule"}
 _SHARING = {"init": "init", "centroid_epochs": "epochs"}
 _CODING = {"index_bits": "index_bits", "coder": "coder"}
+#: The QAT stage's options (``qat_epochs=0`` drops the stage).
+_QAT = {"qat_epochs": "epochs", "qat_learning_rate": "learning_rate", "qat_weight_bits": "weight_bits"}
 #: The structured stage's flat options (see :mod:`edgecomp.structured_stage`).
 STRUCTURED_OPTIONS = ("channels", "layer_channels", "target_macs", "target_latency", "latency_profile",
                       "importance", "ranking", "round_to", "structured_steps", "structured_epochs", "distill",
                       "bn_sparsity")
-OPTIONS = (*_PRUNING, "method", *_FINE_TUNE, "bits", *_SHARING, *_CODING, "seed", *STRUCTURED_OPTIONS)
+OPTIONS = (*_PRUNING, "method", *_FINE_TUNE, "bits", *_SHARING, *_CODING, "seed", *STRUCTURED_OPTIONS, *_QAT)

@@ -63,8 +63,13 @@ def read_compressed(path: str | os.PathLike) -> bytes:
         raise EdgecompError(f"cannot read {path}: {exc.strerror}", fix="check the file's permissions") from None
 
 
-def decode_model(data: bytes):
-    """Rebuild the Keras model stored in container bytes (safe mode) and set its weights."""
+def decode_model(data: bytes, qat: bool = True):
+    """Rebuild the Keras model stored in container bytes (safe mode) and set its weights.
+
+    A container from a run with quantization-aware training decodes to its QAT model (the
+    float layers with the stored activation ranges: int8 simulated, exporting int8 on them);
+    ``qat=False`` gives the float model.
+    """
     import keras
 
     meta, weights = codec.decode_weights(data)
@@ -87,6 +92,10 @@ def decode_model(data: bytes):
             raise ContainerError(f"weight {name} has shape {value.shape}, the model expects {tuple(var.shape)}",
                                  fix="re-create the container")
         var.assign(value)
+    record = (meta.get("info") or {}).get("qat") if isinstance(meta.get("info"), dict) else None
+    if qat and record is not None:
+        from edgecomp.qat import restore
+        return restore(model, record)
     return model
 
 

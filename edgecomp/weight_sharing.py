@@ -34,6 +34,19 @@ class SharedTensor:
     assignment: np.ndarray    # int32, kernel-shaped; -1 marks a pruned (zero) weight
     bits: int
 
+    def refresh(self, kernel: np.ndarray) -> None:
+        """Read the codebook back from a kernel that kept this assignment (after training the
+        centroids elsewhere, e.g. a resumed QAT run); a centroid no weight uses keeps its value."""
+        kernel = np.asarray(kernel, np.float32).reshape(-1)
+        flat = self.assignment.reshape(-1)
+        used = flat >= 0
+        first = np.full(len(self.codebook), -1)
+        idx = np.flatnonzero(used)
+        first[flat[idx[::-1]]] = idx[::-1]      # any member will do: all hold the centroid's value
+        hit = first >= 0
+        self.codebook = self.codebook.astype(np.float32).copy()
+        self.codebook[hit] = kernel[first[hit]]
+
     def weights(self) -> np.ndarray:
         """The kernel the codebook and assignment describe (pruned weights exactly 0)."""
         table = np.append(self.codebook.astype(np.float32), np.float32(0))

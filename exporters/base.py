@@ -128,15 +128,39 @@ def check_calibration(model, calibration, variant: Variant) -> np.ndarray:
     return x
 
 
+#: Precisions a quantization-aware-trained model exports on its trained ranges (no calibration).
+QAT_PRECISIONS = ("int8", "int8-floatio")
+
+
+def model_for(model, variant: Variant) -> tuple[object, bool]:
+    """``(the model variant's file is made from and compared with, on trained QAT ranges?)``.
+
+    A QAT model (:func:`edgecomp.qat.quantize_model`) exports its int8 variants as it is, and
+    every other variant from the float model it wraps (fp16, dynamic and int16x8 have numerics
+    of their own, which the int8 simulation does not describe).
+    """
+    from edgecomp.qat import float_model, is_qat
+
+    if not is_qat(model):
+        return model, False
+    if variant.precision in QAT_PRECISIONS:
+        return model, True
+    return float_model(model), False
+
+
 def convert_to_bytes(model, fmt: str, variant: str | Variant,
                      calibration: np.ndarray | None = None) -> tuple[Exporter, bytes]:
     """Convert without writing; returns the exporter used and the file's bytes.
 
     Calibrated variants (``int8*``, ``int16x8``) convert a copy with constant BatchNorm channels
     settled and ReLU -> BatchNorm channel ranges equalized (:mod:`exporters.prepare` says why).
+    A QAT model's int8 variants use its trained ranges instead (:func:`model_for`).
     """
     variant = Variant.parse(fmt, variant)
     exporter = get_exporter(fmt)
+    model, trained = model_for(model, variant)
+    if trained:
+        return exporter, exporter.convert(model, variant, None)
     if variant.calibrated and calibration is not None:
         from .prepare import equalize_relu_batchnorm, settle_constant_channels
         x = check_calibration(model, calibration, variant)

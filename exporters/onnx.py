@@ -255,7 +255,27 @@ def _check(proto, variant: Variant) -> None:
                             fix="report the model; try another opset or variant") from None
 
 
+def _convert_qat(model, variant: Variant):
+    """A QAT model's int8 file: tf2onnx on the baked model, then int8 weights (:mod:`.onnx_qat`)."""
+    from edgecomp.qat import baked, weight_bits
+
+    from .onnx_qat import quantize_weights
+
+    with baked(model):
+        proto = _tf2onnx(model, variant)
+    quantize_weights(proto, weight_bits(model))
+    return proto
+
+
 def _convert(model, variant: Variant, calibration=None) -> bytes:
+    from edgecomp.qat import is_qat
+    if is_qat(model) and variant.precision == "int8":
+        proto = _convert_qat(model, variant)
+        _check(proto, variant)
+        if variant.sparse:
+            sparsify_initializers(proto)
+            _check(proto, variant)
+        return proto.SerializeToString()
     if variant.calibrated:
         calibration = base.check_calibration(model, calibration, variant)
     proto = _tf2onnx(model, variant)

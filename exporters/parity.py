@@ -30,7 +30,7 @@ from edgecomp.errors import EdgecompError
 from edgecomp.metrics import parity_figures, predicted_classes
 from edgecomp.train import predict
 
-from .base import Artifact, export, get_exporter
+from .base import Artifact, export, get_exporter, model_for
 from .variants import Variant, split_name
 
 #: Figures that must stay at or below their threshold; every other figure must stay at or above.
@@ -45,6 +45,8 @@ FIGURES = ("max_abs_diff", "mean_abs_diff", "top1_agreement",
 _FP32 = {"max_abs_diff": 1e-4, "top1_agreement": 1.0}
 _FP16 = {"max_abs_diff": 1e-2, "top1_agreement": 0.99}
 _INT8 = {"top1_agreement": 0.99, "accuracy_delta": -0.005}
+#: A QAT model's int8 file against the QAT model, which simulates its int8 arithmetic: tighter.
+QAT_THRESHOLDS = {"top1_agreement": 0.995, "accuracy_delta": -0.003}
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     precision: dict(limits)
     for precision, limits in (("fp32", _FP32), ("fp16", _FP16), ("dynamic", _INT8), ("int8", _INT8),
@@ -82,8 +84,8 @@ def _labels(y, like: np.ndarray, out_shape: tuple) -> np.ndarray:
                             fix="pass int class indices, one per sample") from None
 
 
-def _thresholds_for(variant: str | Variant | None, overrides: dict | None) -> dict[str, float]:
-    merged = default_thresholds(variant)
+def _thresholds_for(variant: str | Variant | None, overrides: dict | None, trained: bool = False) -> dict[str, float]:
+    merged = dict(QAT_THRESHOLDS) if trained else default_thresholds(variant)
     for key, limit in (overrides or {}).items():
         if key not in FIGURES:
             raise EdgecompError(f"unknown parity figure '{key}'", fix=f"use one of: {', '.join(FIGURES)}")
@@ -142,7 +144,12 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
     x = np.asarray(x, dtype=np.float32)
     if len(x) == 0:
         raise EdgecompError("parity check needs at least one input", fix="pass check_x with some test inputs")
-    limits = _thresholds_for(variant, thresholds)
+    trained = False
+    if variant is not None:
+        fmt = artifact_or_path.format if isinstance(artifact_or_path, Artifact) else \
+            ("onnx" if path.suffix == ".onnx" else "tflite")
+        model, trained = model_for(model, Variant.parse(fmt, str(variant)))
+    limits = _thresholds_for(variant, thresholds, trained)
     variant = None if variant is None else str(variant)
 
     ref = predict(model, x)

@@ -99,7 +99,14 @@ def _configure(converter, variant: Variant, model, calibration) -> None:
     converter.optimizations = optimizations
     if s.get("float16"):
         converter.target_spec.supported_types = [tf.float16]
-    if variant.calibrated:
+    from edgecomp.qat import is_qat
+    if variant.calibrated and is_qat(model):
+        # The trained ranges are in the graph (FakeQuant ops); the converter reads them. TF 2.21:
+        # supported_ops={TFLITE_BUILTINS_INT8} without a representative dataset fails before
+        # converting ("a representative_dataset must be specified": its metrics pass sees no
+        # graph yet), so the default op set stays; the file is checked for float ops instead.
+        pass
+    elif variant.calibrated:
         converter.representative_dataset = _calibration_feed(model, calibration, variant)
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8

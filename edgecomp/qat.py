@@ -1,0 +1,371 @@
+"""Quantization-aware training (QAT) for Keras 3 conv nets: fine-tune with int8 simulated where
+the int8 TFLite/ONNX kernels quantize, so the int8 file computes what the trained model does.
+
+:func:`quantize_model` rebuilds a functional model with fake quantization placed as LiteRT's
+int8 kernels quantize:
+
+- **weights** of Conv1D/2D/3D, DepthwiseConv and Dense: per output channel, symmetric, narrow
+  range (int8 in [-127, 127]), after folding the BatchNorm beside them (the plan of
+  :func:`edgecomp.fold.fold_plan`) from its frozen statistics (:class:`~edgecomp.qat_layers.QuantWrapper`);
+- **activations**, per tensor, asymmetric, with moving-average min/max
+  (:class:`~edgecomp.qat_layers.FakeQuant`): at each model input; after each conv/dense op
+  *after* the activation the kernel fuses (ReLU/ReLU6: an op whose only reader is such an
+  activation gets its range after it); after Add/Subtract/Multiply/Average/Maximum/Minimum,
+  Concatenate, Dot, average pooling and any BatchNorm that does not fold. Softmax, sigmoid
+  and tanh outputs get the fixed range LiteRT's int8 kernels use (scale 1/256, 1/128), and
+  their inputs a range of their own.
+- Ops that keep their input's scale in the int8 kernels (max pooling, reshape, flatten,
+  dropout, nearest upsampling, padding, cropping, permute) get none: their output is on
+  their input's grid already.
+
+Any other layer kind is left float and named in ``report["float"]``: the converter then
+keeps that op in float between a dequantize and a quantize (or fails for int8-only files).
+
+:func:`fine_tune` trains the result (masks held at exactly 0, shared weights kept on their
+codebook: the centroids train, as in Deep Compression), :func:`activation_ranges` reads the
+trained ranges and :func:`quantize_model` takes them back (``ranges=``), so a container can
+carry them: the wrapped layers are the float model's own, and the float (unfolded) weights
+are what is stored.
+
+Example:
+    >>> qmodel, report = quantize_model(model)
+    >>> fine_tune(qmodel, x_train, y_train, QAT(epochs=1))
+    >>> ranges = activation_ranges(qmodel)            # {"conv1_fq": (0.0, 5.2), ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import numpy as np
+
+from edgecomp.errors import EdgecompError
+from edgecomp.pruning_config import Config, whole_number
+
+#: Layer kinds :class:`QuantWrapper` wraps, with the kernel axis that holds output channels
+#: (None: a depthwise kernel; "tensor": one scale for the whole kernel). Dense is per tensor, as
+#: in tfmot: TF 2.21's converter cannot carry a per-channel range through the transpose it puts
+#: on FULLY_CONNECTED's weights ("tfl.transpose op has mismatched quantized axes").
+WEIGHTED = {"Dense": "tensor", "Conv1D": -1, "Conv2D": -1, "Conv3D": -1, "DepthwiseConv1D": None, "DepthwiseConv2D": None}
+#: Activations the int8 kernels fuse into the op before them (its output range clamps them).
+FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+#: Activations whose int8 output range LiteRT fixes: scale 1/256 (softmax, sigmoid) or 1/128 (tanh).
+FIXED_RANGES = {"softmax": (0.0, 255.0 / 256.0), "sigmoid": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+
+
+__all__ = ["QAT", "quantize_model", "fine_tune", "activation_ranges", "is_qat", "float_model"]
+
+#: Layers whose int8 kernel writes its own output scale: a range after each.
+RESCALING = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
+             "GlobalAveragePooling1D",
+             "GlobalAveragePooling2D", "GlobalAveragePooling3D", "BatchNormalization", "Activation", "ReLU",
+             "Softmax", "LeakyReLU", "ELU", "PReLU")
+#: Layers whose int8 kernel keeps its input's scale (or that vanish at inference).
+SAME_SCALE = ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+              "GlobalMaxPooling3D", "Reshape", "Flatten", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+              "GaussianNoise", "GaussianDropout", "AlphaDropout", "UpSampling1D", "UpSampling2D", "ZeroPadding1D",
+              "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "Permute", "Identity",
+              "AveragePooling1D", "AveragePooling2D", "AveragePooling3D")
+#: Of those, the ones whose output leaves the input's grid: LiteRT rounds back onto it.
+ROUNDED_SAME_SCALE = ("AveragePooling1D", "AveragePooling2D", "AveragePooling3D")
+
+
+@dataclasses.dataclass(frozen=True)
+class QAT(Config):
+    """The QAT stage: ``epochs`` of fine-tuning at ``learning_rate`` (Adam), activation ranges
+    as moving averages with ``ema_decay``, set first from ``calibration_batches`` batches;
+    ``weight_bits`` per-channel weight bits (8 for the int8 kernels; fewer trains weights
+    on a coarser grid inside int8)."""
+
+    epochs: int = 1
+    learning_rate: float = 1e-4
+    ema_decay: float = 0.99
+    weight_bits: int = 8
+    calibration_batches: int = 4
+
+    def __post_init__(self):
+        whole_number("QAT epochs", self.epochs, 1)
+        whole_number("QAT calibration batches", self.calibration_batches, 1)
+        lr = float(self.learning_rate) if isinstance(self.learning_rate, (int, float)) else float("nan")
+        if not 0 < lr < 1:
+            raise EdgecompError(f"QAT learning rate must be in (0, 1), got {self.learning_rate!r}",
+                                fix="e.g. --qat-learning-rate 1e-4")
+        decay = float(self.ema_decay) if isinstance(self.ema_decay, (int, float)) else float("nan")
+        if not 0 <= decay < 1:
+            raise EdgecompError(f"QAT range decay must be in [0, 1), got {self.ema_decay!r}", fix="e.g. 0.99")
+        if isinstance(self.weight_bits, bool) or not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
+            raise EdgecompError(f"QAT weight bits must be in 2..8, got {self.weight_bits!r}",
+                                fix="use 8 (the int8 kernels' grid)")
+        object.__setattr__(self, "learning_rate", lr)
+        object.__setattr__(self, "ema_decay", decay)
+
+
+def _activation_name(layer) -> str:
+    """The activation a Conv/Dense/Activation/ReLU/Softmax layer applies, by name."""
+    kind = type(layer).__name__
+    if kind == "Softmax":
+        return "softmax"
+    if kind == "ReLU":
+        cfg = layer.get_config()
+        plain = not cfg.get("negative_slope") and not cfg.get("threshold")
+        return {None: "relu", 6.0: "relu6"}.get(cfg.get("max_value"), "other") if plain else "other"
+    if kind == "Activation":
+        return str(layer.get_config()["activation"])
+    act = getattr(layer, "activation", None)
+    return getattr(act, "__name__", "linear") if act is not None else "linear"
+
+
+def _functional(model):
+    from edgecomp.fold import _functional_config
+    return _functional_config(model)[0]
+
+
+def quantize_model(model, config: QAT | None = None, ranges: dict | None = None):
+    """A QAT model over ``model``'s own layers, and a report of what was quantized.
+
+    Args:
+        model: a functional or Sequential Keras model (top-level layers; a nested model is
+            left float and reported).
+        config: the :class:`QAT` settings (weight bits, range decay).
+        ranges: trained activation ranges (:func:`activation_ranges` of an earlier run) to
+            start from; every range of the rebuilt model must be there.
+
+    Returns:
+        ``(qmodel, report)``: ``report`` has ``quantized`` (wrapped layers), ``folded``
+        (BN -> layer), ``ranges`` (the activation quantizers' names) and ``float``
+        (``{"layer", "kind", "why"}`` for layers left float).
+
+    Example:
+        >>> qmodel, report = quantize_model(model)
+        >>> report["float"]
+        []
+    """
+    import keras
+
+    from edgecomp.fold import fold_plan
+    from edgecomp.graph import ModelGraph
+    from edgecomp.qat_layers import FakeQuant, QuantWrapper, TiedFakeQuant
+
+    config = config or QAT()
+    model = _functional(model)
+    plan = fold_plan(model)
+    graph = ModelGraph(model, expand_nested=False)
+    back = {target: bn for bn, (mode, target) in plan.items() if mode == "back"}
+    forward = {target: bn for bn, (mode, target) in plan.items() if mode == "forward"}
+
+    def readers(name: str) -> list:
+        calls = graph.calls(name)
+        outs = [t for call in calls for t in call.outputs]
+        return [c for t in outs for c, _ in t.consumers] + [None for t in outs if graph.is_output(t)]
+
+    def range_after(name: str) -> bool:
+        """False when the layer's only reader is an activation the int8 op fuses (or a BN folding into it)."""
+        rs = readers(back.get(name, name)) if name in back else readers(name)
+        if len(rs) == 1 and rs[0] is not None and rs[0].kind in ("Activation", "ReLU") \
+                and _activation_name(rs[0].layer) in FUSED_ACTIVATIONS[1:]:
+            return False
+        return True
+
+    report = {"quantized": [], "folded": {bn: t for bn, (_, t) in plan.items()}, "ranges": [], "float": []}
+    quantizers: dict[str, object] = {}
+    made: dict[int, object] = {}     # id(layer) -> its wrapper (a layer called twice keeps one)
+    inputs_done: dict[int, object] = {}
+    grid: dict[int, object] = {}   # id(tensor) -> the quantizer whose grid it lies on
+
+    def fq(tensor, name: str, fixed=None):  # noqa: ANN001
+        base, n = name, 1
+        while name in quantizers:
+            n += 1
+            name = f"{base}{n}"
+        q = FakeQuant(bits=8, decay=config.ema_decay, fixed=fixed, name=name)
+        quantizers[name] = q
+        report["ranges"].append(name)
+        out = q(tensor)
+        grid[id(out)] = q
+        return out
+
+    def quantize_inputs(value):
+        def one(t):
+            hist = getattr(t, "_keras_history", None)
+            if hist is not None and isinstance(hist.operation, keras.layers.InputLayer):
+                if id(t) not in inputs_done:
+                    inputs_done[id(t)] = fq(t, f"{hist.operation.name}_fq")
+                return inputs_done[id(t)]
+            return t
+        return keras.tree.map_structure(one, value)
+
+    def call(layer, *args, **kwargs):
+        args, kwargs = quantize_inputs(args), quantize_inputs(kwargs)
+        kind, name = type(layer).__name__, layer.name
+        if name in plan:                        # a folded BN: its layer does the work
+            return args[0]
+        if kind in WEIGHTED:
+            act = _activation_name(layer)
+            if id(layer) not in made:
+                bn_after = model.get_layer(back[name]) if name in back else None
+                bn_before = model.get_layer(forward[name]) if name in forward else None
+                for bn in (bn_after, bn_before):
+                    if bn is not None:
+                        bn.trainable = False   # frozen statistics
+                made[id(layer)] = QuantWrapper(layer, bn_after=bn_after, bn_before=bn_before,
+                                               activation=act if act in FUSED_ACTIVATIONS else "linear",
+                                               bits=config.weight_bits)
+                report["quantized"].append(name)
+            y = made[id(layer)](*args, **kwargs)
+            if act not in FUSED_ACTIVATIONS:
+                y = fq(y, f"{name}_preact_fq")
+                y = keras.layers.Activation(act, name=f"{name}_{act}")(y)
+                return fq(y, f"{name}_fq", FIXED_RANGES.get(act))
+            return fq(y, f"{name}_fq") if range_after(name) else y
+        if kind == "BatchNormalization":
+            layer.trainable = False
+        y = layer(*args, **kwargs)
+        if kind in SAME_SCALE:
+            src = grid.get(id(keras.tree.flatten(args)[0]))
+            if src is not None and kind in ROUNDED_SAME_SCALE:
+                y = TiedFakeQuant(src, name=f"{name}_fq")(y)
+            if src is not None:
+                grid[id(y)] = src
+            return y
+        if kind in RESCALING:
+            act = _activation_name(layer) if kind in ("Activation", "ReLU", "Softmax") else None
+            if act in FIXED_RANGES:
+                return fq(y, f"{name}_fq", FIXED_RANGES[act])
+            return fq(y, f"{name}_fq") if range_after(name) else y
+        why = "a nested model (QAT wraps top-level layers)" if hasattr(layer, "layers") else "no int8 rule for it"
+        report["float"].append({"layer": name, "kind": kind, "why": why})
+        return y
+
+    qmodel = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+    qmodel._edgecomp_float = model
+    if ranges is not None:
+        set_ranges(qmodel, ranges)
+    return qmodel, report
+
+
+def quantizers_of(qmodel) -> dict:
+    """``{name: FakeQuant}`` of a QAT model."""
+    from edgecomp.qat_layers import FakeQuant
+    return {layer.name: layer for layer in qmodel.layers if isinstance(layer, FakeQuant)}
+
+
+def is_qat(model) -> bool:
+    """True for a model :func:`quantize_model` built (it holds FakeQuant layers)."""
+    from edgecomp.qat_layers import FakeQuant
+    return bool(getattr(model, "layers", None)) and any(isinstance(layer, FakeQuant) for layer in model.layers)
+
+
+def activation_ranges(qmodel) -> dict[str, list[float]]:
+    """``{quantizer name: [min, max]}``: the trained activation ranges (JSON-ready)."""
+    return {name: list(q.range()) for name, q in quantizers_of(qmodel).items()}
+
+
+def set_ranges(qmodel, ranges: dict) -> None:
+    """Load ranges :func:`activation_ranges` returned; every quantizer must be there."""
+    quantizers = quantizers_of(qmodel)
+    missing = sorted(set(quantizers) - set(ranges))
+    extra = sorted(set(ranges) - set(quantizers))
+    if missing or extra:
+        raise EdgecompError(f"QAT ranges do not fit this model (missing {missing[:3]}, unknown {extra[:3]})",
+                            fix="use the ranges stored with this model")
+    for name, (lo, hi) in ranges.items():
+        quantizers[name].set_range(float(lo), float(hi))
+
+
+def float_model(qmodel):
+    """The float model a QAT model wraps (its layers, unwrapped): what fp32 exports and containers take."""
+    source = getattr(qmodel, "_edgecomp_float", None)
+    if source is None:
+        raise EdgecompError("this model was not built by edgecomp.qat.quantize_model",
+                            fix="pass the model quantize_model returned")
+    return source
+
+
+@contextlib.contextmanager
+def baked(qmodel):
+    """Inside the block the QAT model's weighted layers run on constant quantized kernels
+    (no weight fake-quant op in a traced graph); activations keep their fake quantization."""
+    from edgecomp.qat_layers import QuantWrapper
+    wrappers = [layer for layer in qmodel.layers if isinstance(layer, QuantWrapper)]
+    for w in wrappers:
+        w.bake(True)
+    try:
+        yield qmodel
+    finally:
+        for w in wrappers:
+            w.bake(False)
+
+
+def weight_bits(qmodel) -> int:
+    """The weight grid's bits of a QAT model."""
+    from edgecomp.qat_layers import QuantWrapper
+    bits = {layer.bits for layer in qmodel.layers if isinstance(layer, QuantWrapper)}
+    return bits.pop() if len(bits) == 1 else 8
+
+
+def calibrate(qmodel, x, batch_size: int, batches: int) -> None:
+    """Set every activation range from ``batches`` batches (training-mode statistics, no weight update)."""
+    for i in range(min(batches, int(np.ceil(len(x) / batch_size)))):
+        qmodel(np.asarray(x[i * batch_size:(i + 1) * batch_size], np.float32), training=True)
+
+
+def fine_tune(qmodel, x, y, config: QAT | None = None, *, batch_size: int = 64, masks: dict | None = None,
+              shared: dict | None = None, seed: int = 0, verbose: int = 1) -> dict:
+    """Quantization-aware fine-tuning: ranges first set from a few batches, then ``config.epochs``
+    of training with the ranges as moving averages.
+
+    Args:
+        qmodel: a model :func:`quantize_model` built.
+        x, y: training data (integer labels).
+        config: the :class:`QAT` settings.
+        batch_size: samples per step.
+        masks: ``{weight path: 0/1 mask}``: pruned weights held at exactly 0.
+        shared: ``{weight path: SharedTensor}``: those kernels stay on their codebook (the
+            centroids train, each by the sum of its weights' gradients); their codebooks are
+            updated in place.
+        seed: shuffling seed.
+        verbose: Keras progress output.
+
+    Returns:
+        ``{"loss": [...per epoch], "calibrated_batches": n}``.
+
+    Example:
+        >>> qmodel, _ = quantize_model(model)
+        >>> fine_tune(qmodel, x_train, y_train, QAT(epochs=2), masks=result.masks)
+    """
+    from edgecomp import train
+    from edgecomp.pruning import hold_masks
+    from edgecomp.weight_sharing import fine_tune_centroids
+
+    config = config or QAT()
+    x = np.asarray(x, np.float32)
+    if len(x) == 0:
+        raise EdgecompError("QAT needs training data", fix="pass the training set QAT fine-tunes on")
+    calibrate(qmodel, x, batch_size, config.calibration_batches)
+    n_cal = min(config.calibration_batches, int(np.ceil(len(x) / batch_size)))
+    if shared:
+        losses = fine_tune_centroids(qmodel, shared, x, y, epochs=config.epochs, batch_size=batch_size,
+                                     learning_rate=config.learning_rate, seed=seed, verbose=verbose)
+        return {"loss": losses, "calibrated_batches": n_cal}
+    with hold_masks(qmodel, masks or {}):
+        hist = train.fit(qmodel, x, y, epochs=config.epochs, batch_size=batch_size, seed=seed, verbose=verbose,
+                         learning_rate=config.learning_rate)
+    return {"loss": [float(v) for v in hist.get("loss", [])], "calibrated_batches": n_cal}
+
+
+def container_info(qmodel, config: QAT, report: dict) -> dict:
+    """What a container stores of a QAT run: the settings, the trained ranges and the report."""
+    return {"config": config.get_config(), "ranges": activation_ranges(qmodel),
+            "float_layers": report["float"], "folded": report["folded"]}
+
+
+def restore(model, info: dict):
+    """The QAT model of a decoded container's float ``model`` and its stored ``info["qat"]``."""
+    try:
+        config = QAT.from_config(info["config"])
+        ranges = {str(k): (float(v[0]), float(v[1])) for k, v in dict(info["ranges"]).items()}
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise EdgecompError(f"the container's QAT record is malformed ({type(exc).__name__})",
+                            fix="re-create the container with edgecomp compress --qat-epochs") from None
+    return quantize_model(model, config, ranges=ranges)[0]
