@@ -204,7 +204,7 @@ def cmd_compress(args):
     if args.report:
         io.write_json(args.report, {"settings": result.settings, "bytes": result.bytes, "fp32_bytes": fp32_bytes,
                                     "layers": result.report, "structured": result.structured, "search": result.search,
-                                    "history": result.history})
+                                    "history": result.history, "qat": result.qat})
     acc = train.evaluate(result.decode(), ds.x_test, ds.y_test)
     from edgecomp.report import text_table
     rows = [[r["name"], str(r["shape"]), f"{r['params']:,}", f"{r['macs']:,}" if "macs" in r else "",
@@ -226,8 +226,13 @@ def cmd_compress(args):
               f"params {st['params_before']:,} -> {st['params_after']:,}")
         for g in st["kept_whole"]:
             print(f"  kept whole: {g['name']} ({'; '.join(g['reasons'])})")
+    if result.qat:
+        print(f"QAT: {len(result.qat['ranges'])} activation ranges trained (stored in the container; its int8 "
+              "exports use them)")
+        for f in result.qat["float_layers"]:
+            print(f"  left float: {f['layer']} ({f['kind']}): {f['why']}")
     print(f"\nwrote {args.out}: {result.bytes:,} bytes ({fp32_bytes / result.bytes:.1f}x smaller than the input model's "
-          f"fp32 weights); decoded test accuracy {acc:.2%}")
+          f"fp32 weights); decoded test accuracy {acc:.2%}" + (" (int8 simulated)" if result.qat else ""))
 
 
 def cmd_analyze(args):

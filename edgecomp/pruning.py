@@ -168,6 +168,17 @@ def compute_masks(model, rate: float = 0.8, *, criterion="filter", rates=None, c
     return masks
 
 
+def zero_masks(model) -> dict[str, np.ndarray]:
+    """``{kernel path: weight != 0}`` of every Conv/Dense kernel: the masks a pruned (e.g. decoded)
+    model holds, to keep them through more training.
+
+    Example:
+        >>> with hold_masks(decoded, zero_masks(decoded)):
+        ...     decoded.fit(x_train, y_train)
+    """
+    return {k.path: np.asarray(k.numpy()) != 0 for k in prunable_kernels(model, skip_first=False)}
+
+
 def apply_masks(model, masks: dict[str, np.ndarray]) -> None:
     """Zero the weights that ``masks`` drop (in place)."""
     by_path = {v.path: v for v in model.weights}

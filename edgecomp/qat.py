@@ -61,6 +61,8 @@ RESCALING = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Co
              "GlobalAveragePooling1D",
              "GlobalAveragePooling2D", "GlobalAveragePooling3D", "BatchNormalization", "Activation", "ReLU",
              "Softmax", "LeakyReLU", "ELU", "PReLU")
+_FLOAT_BN = ("a BatchNorm with no conv/dense to fold into: the converters keep it in float between a dequantize "
+             "and a quantize on its trained range")
 #: Layers whose int8 kernel keeps its input's scale (or that vanish at inference).
 SAME_SCALE = ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
               "GlobalMaxPooling3D", "Reshape", "Flatten", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
@@ -210,7 +212,8 @@ def quantize_model(model, config: QAT | None = None, ranges: dict | None = None)
                         bn.trainable = False   # frozen statistics
                 made[id(layer)] = QuantWrapper(layer, bn_after=bn_after, bn_before=bn_before,
                                                activation=act if act in FUSED_ACTIVATIONS else "linear",
-                                               bits=config.weight_bits)
+                                               bits=config.weight_bits,
+                                               input_quantizer=grid.get(id(keras.tree.flatten(args)[0])))
                 report["quantized"].append(name)
             y = made[id(layer)](*args, **kwargs)
             if act not in FUSED_ACTIVATIONS:
@@ -220,6 +223,7 @@ def quantize_model(model, config: QAT | None = None, ranges: dict | None = None)
             return fq(y, f"{name}_fq") if range_after(name) else y
         if kind == "BatchNormalization":
             layer.trainable = False
+            report["float"].append({"layer": name, "kind": kind, "why": _FLOAT_BN})
         y = layer(*args, **kwargs)
         if kind in SAME_SCALE:
             src = grid.get(id(keras.tree.flatten(args)[0]))

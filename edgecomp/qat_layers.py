@@ -176,9 +176,12 @@ class QuantWrapper(_layer_base()):
             convs only), or None.
         activation: the activation fused into the op (``linear``, ``relu``, ``relu6``).
         bits: weight bits.
+        input_quantizer: the :class:`FakeQuant` whose grid the input is on, if known: the bias
+            is then rounded to the int32 grid the int8 kernel adds it on.
     """
 
-    def __init__(self, layer, bn_after=None, bn_before=None, activation: str = "linear", bits: int = 8, **kwargs):
+    def __init__(self, layer, bn_after=None, bn_before=None, activation: str = "linear", bits: int = 8,
+                 input_quantizer=None, **kwargs):
         kind = type(layer).__name__
         if kind not in WEIGHTED:
             raise EdgecompError(f"QAT cannot wrap a {kind} layer ({layer.name})",
@@ -187,6 +190,7 @@ class QuantWrapper(_layer_base()):
         self.layer, self.bn_after, self.bn_before = layer, bn_after, bn_before
         self.kind, self.activation_name, self.bits = kind, activation, int(bits)
         self.activation = _keras().activations.get(activation)
+        self.__dict__["_input_quantizer"] = input_quantizer   # not tracked: its variables are its own
 
     def folded(self):
         """The kernel and bias the op runs with (BN folded in, kernel not yet quantized)."""
@@ -208,16 +212,35 @@ class QuantWrapper(_layer_base()):
         return kernel, bias
 
     def quantized(self):
-        """The kernel as the int8 op sees it (folded, on its grid) and the folded bias."""
+        """The kernel as the int8 op sees it (folded, on its grid; a Conv1D's as the 2-D conv's
+        ``(1, k, in, out)`` kernel) and the folded bias on the int32 grid of ``input scale x
+        weight scale`` the int8 kernels add it on."""
+        ops = _keras().ops
         kernel, bias = self.folded()
-        return fake_quant_weights(kernel, self.bits, WEIGHTED[self.kind]), bias
+        axis = WEIGHTED[self.kind]
+        if self.kind == "Conv1D":
+            kernel, axis = ops.expand_dims(kernel, 0), -1
+        src = self.__dict__.get("_input_quantizer")
+        if src is not None:
+            flat = kernel if axis is not None else ops.reshape(kernel, tuple(kernel.shape[:-2]) + (1, -1))
+            s_in = ops.maximum(src.max - src.min, 1e-6) / (2 ** src.bits - 1)
+            step = ops.stop_gradient(s_in * weight_range(flat, self.bits, -1 if axis is None else axis) / 127.0)
+            bias = bias + ops.stop_gradient(ops.round(bias / step) * step - bias)
+        return fake_quant_weights(kernel, self.bits, axis), bias
 
     def call(self, x):
         ops = _keras().ops
         layer = self.layer
         baked = self.__dict__.get("_baked")
         kq, bias = (ops.convert_to_tensor(baked[0]), ops.convert_to_tensor(baked[1])) if baked else self.quantized()
-        if self.kind == "Dense":
+        if self.kind == "Conv1D":
+            # As a 2-D conv on a (1, k, in, out) kernel quantized on its last axis: TF's conv1d
+            # expands a quantized 3-D kernel itself, and TF 2.21's converter then loses the
+            # per-channel axis when in == out ("tfl.reshape op requires ... cast compatible").
+            y = ops.squeeze(ops.conv(ops.expand_dims(x, 1), kq, strides=(1,) + tuple(layer.strides),
+                                     padding=layer.padding, dilation_rate=(1,) + tuple(layer.dilation_rate),
+                                     data_format=layer.data_format), axis=1)
+        elif self.kind == "Dense":
             y = ops.matmul(x, kq)
         elif self.kind.startswith("Depthwise"):
             y = ops.depthwise_conv(x, kq, strides=layer.strides, padding=layer.padding,

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from edgecomp import io, store, train
+from edgecomp import io, qat, store, train
 from edgecomp.codec import seed_index
 from edgecomp.errors import EdgecompError
 from edgecomp.recipe import Recipe
@@ -202,14 +202,16 @@ def run_job(cfg: RunConfig | None = None, **overrides) -> dict:
                           checkpoints=Checkpoints(out / "checkpoints" / key, cfg.fingerprint(), resume=cfg.resume))
         ecz = out / f"{key}.ecz"
         result.save(ecz)
-        decoded = store.load_compressed(ecz)
+        decoded = store.load_compressed(ecz)     # after QAT: the QAT model (its int8 files use its ranges)
         acc = train.evaluate(decoded, ds.x_test, ds.y_test)
         results[key] = (result, decoded)
-        _log(cfg, f"{key}: container {result.bytes:,} B ({fp32_bytes / result.bytes:.1f}x), decoded accuracy {acc:.2%}")
-        dec_weights = store.model_weights(decoded)
+        _log(cfg, f"{key}: container {result.bytes:,} B ({fp32_bytes / result.bytes:.1f}x), decoded accuracy {acc:.2%}"
+                  + (" (int8 simulated: QAT)" if qat.is_qat(decoded) else ""))
+        flat = qat.float_model(decoded) if qat.is_qat(decoded) else decoded
+        dec_weights = store.model_weights(flat)
         name = f"seed's method (rate {recipe.pruning.rate:g})" if key == "seed" else f"edgecomp: {recipe.describe()}"
         models.append({"name": name, "key": key, "file": str(ecz),
-                       "params": decoded.count_params(), "macs": _macs(decoded),
+                       "params": flat.count_params(), "macs": _macs(flat),
                        "nonzeros": int(sum(np.count_nonzero(w) for w in dec_weights.values())),
                        "accuracy": acc, "storage_bytes": result.bytes, "ratio": fp32_bytes / result.bytes,
                        "structured": result.structured, "history": result.history})

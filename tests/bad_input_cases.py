@@ -162,10 +162,34 @@ CASES = [
     Case("latency-unknown-profile", "a latency target on an unknown profile",
          lambda t: ["compress", str(_tiny_keras(t)), "--data", "fashion_mnist", "--target-latency", "0.1",
                     "--latency-profile", "phone-x", "-o", str(t / "m.ecz")], 2, "unknown target 'phone-x'"),
+    Case("qat-weight-bits", "QAT weight bits out of range",
+         lambda t: ["compress", str(_tiny_keras(t)), "--data", "fashion_mnist", "--qat-epochs", "1",
+                    "--qat-weight-bits", "9", "-o", str(t / "m.ecz")], 2, "QAT weight bits must be in 2..8"),
+    Case("qat-learning-rate", "a QAT learning rate out of range",
+         lambda t: ["compress", str(_tiny_keras(t)), "--data", "fashion_mnist", "--qat-epochs", "1",
+                    "--qat-learning-rate", "0", "-o", str(t / "m.ecz")], 2, "QAT learning rate must be in (0, 1)"),
+    Case("qat-container-ranges", "a container whose QAT ranges were tampered with (a range without 0)",
+         lambda t: ["export", str(_qat_container(t, bad_range=True)), "--data", "fashion_mnist", "--format", "tflite",
+                    "--variants", "int8", "-o", str(t / "x")], 2, "must be finite and hold 0"),
     Case("unknown-variant", "an export variant that does not exist",
          lambda t: ["export", str(_tiny_keras(t)), "--data", "fashion_mnist", "--format", "tflite",
                     "--variants", "int3", "-o", str(t / "x")], 2, "variant(s) int3"),
 ]
+
+
+def _qat_container(tmp: Path, bad_range: bool = False) -> Path:
+    """A container from a QAT run whose first stored activation range is (1, 2) when ``bad_range``."""
+    from edgecomp import qat, store
+    from edgecomp.models import build_model
+    model = build_model("vgg", (28, 28, 1), 10, width=0.125)
+    qmodel, report = qat.quantize_model(model)
+    qat.calibrate(qmodel, np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype("float32"), 8, 1)
+    info = qat.container_info(qmodel, qat.QAT(), report)
+    if bad_range:
+        info["ranges"][next(iter(info["ranges"]))] = [1.0, 2.0]
+    path = tmp / "q.ecz"
+    path.write_bytes(store.encode_model(model, info={"qat": info}))
+    return path
 
 
 def run_case(case: Case, tmp: Path) -> dict:

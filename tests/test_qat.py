@@ -23,7 +23,7 @@ def _graph_model():
     """conv-BN-ReLU, depthwise, 1x1 conv, Add, average and max pooling, Concatenate, GAP, dense."""
     inp = keras.Input((12, 12, 1), name="image")
     x = L.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(inp)
-    x = L.BatchNormalization(name="bn1")(x)
+    x = L.BatchNormalization(momentum=0.8, name="bn1")(x)
     x = L.Activation("relu", name="r1")(x)
     y = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, activation="relu", name="dw")(x)
     y = L.Conv2D(8, 1, name="pw")(y)
@@ -31,17 +31,18 @@ def _graph_model():
     c = L.Concatenate(name="cat")([L.AveragePooling2D(2, name="ap")(z), L.MaxPooling2D(2, name="mp")(z)])
     g = L.GlobalAveragePooling2D(name="gap")(c)
     h = L.Dense(12, activation="relu", name="fc1")(g)
-    h = L.BatchNormalization(name="bn2")(h)       # folds forward into fc2
+    h = L.BatchNormalization(momentum=0.8, name="bn2")(h)       # folds forward into fc2
     return keras.Model(inp, L.Dense(4, activation="softmax", name="fc2")(h))
 
 
 def _data(n, seed):
+    """4 classes: a 5x5 patch anywhere, as bright as its class (global pooling can tell them apart)."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 4, n)
     x = rng.uniform(0.0, 0.3, (n, 12, 12, 1)).astype(np.float32)
     for i, k in enumerate(y):
-        r, c = divmod(int(k), 2)
-        x[i, 6 * r:6 * r + 5, 6 * c:6 * c + 5, 0] += 0.7
+        r, c = rng.integers(0, 8, 2)
+        x[i, r:r + 5, c:c + 5, 0] += 0.25 * (int(k) + 1)
     return x, y
 
 
@@ -204,3 +205,39 @@ def test_ranges_round_trip_and_refuse_a_mismatch(trained):
     assert qat.activation_ranges(again) == ranges
     with pytest.raises(EdgecompError, match="do not fit"):
         qat.quantize_model(model, ranges={"nope_fq": (0.0, 1.0)})
+
+
+def test_cli_compress_qat_then_export_on_the_trained_ranges(tmp_path):
+    """compress --qat-epochs stores the ranges; export makes int8 files on them, in parity with the QAT model."""
+    import json
+
+    from edgecomp import codec, train
+    from edgecomp.cli import main
+    from edgecomp.data import load_dataset
+    from edgecomp.models import build_model
+
+    keras.utils.set_random_seed(0)
+    ds = load_dataset("synthetic_images", n_train=400, n_test=200)
+    model = build_model("vgg", ds.input_shape, ds.num_classes, width=0.25)
+    train.fit(model, ds.x_train, ds.y_train, epochs=2, verbose=0)
+    model.save(tmp_path / "m.keras")
+    ecz = tmp_path / "m.ecz"
+    data = ["--data", "synthetic_images", "--test-size", "200"]
+    assert main(["compress", str(tmp_path / "m.keras"), *data, "--method", "deep", "--qat-epochs", "1",
+                 "-o", str(ecz), "--report", str(tmp_path / "r.json")]) == 0
+    meta, _ = codec.decode_weights(ecz.read_bytes())
+    stored = meta["info"]["qat"]
+    assert stored["config"]["epochs"] == 1 and stored["ranges"] and stored["float_layers"] == []
+    assert json.loads((tmp_path / "r.json").read_text())["settings"]["qat"]["epochs"] == 1
+    out = tmp_path / "x"
+    assert main(["export", str(ecz), *data, "--format", "tflite,onnx", "--variants", "int8", "-o", str(out)]) == 0
+    arts = json.loads((out / "export.json").read_text())["artifacts"]
+    assert {a["format"] for a in arts} == {"tflite", "onnx"}
+    for a in arts:
+        assert a["parity"]["passed"] and a["parity"]["thresholds"] == {"top1_agreement": 0.995, "accuracy_delta": -0.003}
+    # the TFLite input scale is the stored input range's, not a calibration's
+    from ai_edge_litert.interpreter import Interpreter
+    tfl = next(a for a in arts if a["format"] == "tflite")
+    scale, _ = Interpreter(model_path=tfl["path"]).get_input_details()[0]["quantization"]
+    lo, hi = stored["ranges"][f"{model.layers[0].name}_fq"]     # the model input's quantizer
+    assert abs(scale - (hi - lo) / 255) < 1e-6

@@ -41,6 +41,10 @@ FLAGS = {
     "--round-to": ("2", lambda c: c["structured"]["round_to"] == 2),
     "--distill": ("2,0.5", lambda c: c["structured"]["distill"] == {"temperature": 2.0, "weight": 0.5}),
     "--bn-sparsity": ("1e-4,1", lambda c: c["structured"]["sparsity"] == 1e-4 and c["structured"]["sparsity_epochs"] == 1),
+    # quantization-aware training's
+    "--qat-epochs": ("1", lambda c: c["qat"]["epochs"] == 1),
+    "--qat-learning-rate": ("0.0002", lambda c: c["qat"]["learning_rate"] == 0.0002),
+    "--qat-weight-bits": ("7", lambda c: c["qat"]["weight_bits"] == 7),
 }
 #: Flags that exclude --channels, each checked in a run of its own.
 TARGET_FLAGS = {
