@@ -97,6 +97,9 @@ def _add_compression(p, defaults: bool = True):
     g.add_argument("--qat-weight-bits", type=int, default=None,
                    help="QAT weight grid bits, 2..8, stored as int8 (7: safe for ONNX Runtime's u8s8 kernels on x86 "
                         "without VNNI) (default: 8)")
+    g.add_argument("--qat-distill", default=None, metavar="T,W",
+                   help="QAT distils from the float model's own answers: temperature and soft-loss weight, or off "
+                        "(labels only) (default: 4,0.7)")
     if not defaults:
         for group in groups:
             for action in group._group_actions:
@@ -109,7 +112,7 @@ _RECIPE_FLAGS = {"method": "method", "rate": "rate", "criterion": "criterion", "
                  "batch_size": "batch_size", "seed": "seed", "bits": "bits", "init": "init",
                  "centroid_epochs": "centroid_epochs", "index_bits": "index_bits", "coder": "coder",
                  "qat_epochs": "qat_epochs", "qat_learning_rate": "qat_learning_rate",
-                 "qat_weight_bits": "qat_weight_bits"}
+                 "qat_weight_bits": "qat_weight_bits", "qat_distill": "qat_distill"}
 _STRUCTURED_FLAGS = {"channels": "channels", "target_macs": "target_macs", "target_latency": "target_latency",
                      "latency_profile": "latency_profile", "importance": "importance", "channel_ranking": "ranking",
                      "round_to": "round_to", "structured_steps": "structured_steps",

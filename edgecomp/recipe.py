@@ -234,7 +234,7 @@ class Recipe(Config):
         ``lr_schedule``, ``bits`` (``"conv=8,dense=5"``, an int or a dict), ``init``,
         ``centroid_epochs``, ``index_bits``, ``coder``, ``seed``, the structured stage's
         (:data:`STRUCTURED_OPTIONS`) and QAT's (``qat_epochs``, ``qat_learning_rate``,
-        ``qat_weight_bits``).
+        ``qat_weight_bits``, ``qat_distill``).
         """
         from edgecomp.pruning import parse_rates
         from edgecomp.weight_sharing import parse_bits
@@ -285,7 +285,8 @@ _FINE_TUNE = {"fine_tune_epochs": "epochs", "batch_size": "batch_size", "learnin
 _SHARING = {"init": "init", "centroid_epochs": "epochs"}
 _CODING = {"index_bits": "index_bits", "coder": "coder"}
 #: The QAT stage's options (``qat_epochs=0`` drops the stage).
-_QAT = {"qat_epochs": "epochs", "qat_learning_rate": "learning_rate", "qat_weight_bits": "weight_bits"}
+_QAT = {"qat_epochs": "epochs", "qat_learning_rate": "learning_rate", "qat_weight_bits": "weight_bits",
+        "qat_distill": "distill"}
 #: The structured stage's flat options (see :mod:`edgecomp.structured_stage`).
 STRUCTURED_OPTIONS = ("channels", "layer_channels", "target_macs", "target_latency", "latency_profile",
                       "importance", "ranking", "round_to", "structured_steps", "structured_epochs", "distill",

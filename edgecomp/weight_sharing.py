@@ -175,12 +175,13 @@ def share_weights(model, kernels: list[str] | None = None, bits="conv=8,dense=5"
 
 def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs: int = 1,
                         batch_size: int = 64, learning_rate: float = 1e-4, seed: int = 0,
-                        verbose: int = 1) -> list[float]:
+                        verbose: int = 1, loss=None) -> list[float]:
     """Train the centroids (and every other trainable weight) with assignments fixed.
 
     Each shared kernel is computed as ``gather([centroids, 0], assignment)`` inside the
     forward pass (Keras 3 ``stateless_call``), so autodiff gives each centroid the sum of
-    its weights' gradients. Returns the mean loss per epoch.
+    its weights' gradients. ``loss`` replaces the integer-label cross-entropy (e.g. a
+    distillation loss, with ``y`` the packed targets). Returns the mean loss per epoch.
     """
     import keras
     import tensorflow as tf
@@ -205,7 +206,7 @@ def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs:
     train_vars = list(centroids.values()) + others
     optimizer = keras.optimizers.Adam(learning_rate)
     optimizer.build(train_vars)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    loss_fn = loss or keras.losses.SparseCategoricalCrossentropy()
     zero = tf.zeros([1], tf.float32)
 
     def kernel_values():
@@ -217,7 +218,7 @@ def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs:
         with tf.GradientTape() as tape:
             non_trainable = [v.value for v in model.non_trainable_variables]
             pred, new_non_trainable = model.stateless_call(kernel_values(), non_trainable, xb, training=True)
-            loss = loss_fn(yb, pred)
+            loss = tf.reduce_mean(loss_fn(yb, pred))   # a plain loss function gives one value per sample
         # gather's gradient is IndexedSlices (the per-weight gradients, one row each); densifying
         # sums the rows per centroid: the paper's rule.
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, [v.value for v in train_vars])]

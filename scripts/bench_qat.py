@@ -41,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import bench_zoo  # noqa: E402
 
 MODELS = ("fmnist-vgg",) + bench_zoo.MODELS
-#: QAT epochs for the Fashion-MNIST net (the zoo's are bench_zoo.SPECS' qat_epochs, default 2).
+#: QAT epochs for the Fashion-MNIST net (the zoo's are bench_zoo.SPECS' qat_epochs, default 4).
 FMNIST_QAT_EPOCHS = 1
 TARGET_AGREEMENT, TARGET_DROP = 0.995, 0.003
 FMNIST = {"epochs": 3, "fine_tune_epochs": 1, "n_train": 20000, "n_test": 2000}
@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--deep", default="fmnist-vgg,pointnet", help="models also run with deep compression + QAT")
     p.add_argument("--n-train", type=int, default=512, help="zoo: training samples")
     p.add_argument("--n-test", type=int, default=1000, help="zoo: test samples (accuracy, agreement)")
-    p.add_argument("--qat-epochs", type=int, default=None, help="QAT epochs (default: 2; fmnist-vgg 1, pointnet 4)")
+    p.add_argument("--qat-epochs", type=int, default=None, help="QAT epochs (default: 4; fmnist-vgg 1)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2, help="interleaved latency rounds")
     p.add_argument("--runs", type=int, default=50, help="timed runs per file per round")
@@ -129,7 +129,7 @@ def run_model(name: str, args, work: Path) -> dict:
     row["float_tflite"] = _file(decoded, ds, "tflite", work / f"{name}_fp32.tflite", x_cal, decoded)
     row["ptq"] = {fmt: _file(decoded, ds, fmt, work / f"{name}_ptq_int8.{'onnx' if fmt == 'onnx' else 'tflite'}",
                              x_cal, decoded) for fmt in ("tflite", "onnx")}
-    epochs = args.qat_epochs or (FMNIST_QAT_EPOCHS if name == "fmnist-vgg" else bench_zoo.SPECS[name].get("qat_epochs", 2))
+    epochs = args.qat_epochs or (FMNIST_QAT_EPOCHS if name == "fmnist-vgg" else bench_zoo.SPECS[name].get("qat_epochs", 4))  # noqa: E501
     tick = time.time()
     qmodel, report = bench_zoo.qat_model(decoded, ds, epochs, args.batch_size)
     row["qat_seconds"] = round(time.time() - tick, 1)

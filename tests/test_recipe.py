@@ -45,6 +45,7 @@ FLAGS = {
     "--qat-epochs": ("1", lambda c: c["qat"]["epochs"] == 1),
     "--qat-learning-rate": ("0.0002", lambda c: c["qat"]["learning_rate"] == 0.0002),
     "--qat-weight-bits": ("7", lambda c: c["qat"]["weight_bits"] == 7),
+    "--qat-distill": ("2,0.5", lambda c: c["qat"]["distill"] == {"temperature": 2.0, "weight": 0.5}),
 }
 #: Flags that exclude --channels, each checked in a run of its own.
 TARGET_FLAGS = {
