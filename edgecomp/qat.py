@@ -172,7 +172,7 @@ def quantize_model(model, config: QAT | None = None, ranges: dict | None = None)
 
     def range_after(name: str) -> bool:
         """False when the layer's only reader is an activation the int8 op fuses (or a BN folding into it)."""
-        rs = readers(back.get(name, name)) if name in back else readers(name)
+        rs = readers(back.get(name, name))
         if len(rs) == 1 and rs[0] is not None and rs[0].kind in ("Activation", "ReLU") \
                 and _activation_name(rs[0].layer) in FUSED_ACTIVATIONS[1:]:
             return False
@@ -184,7 +184,7 @@ def quantize_model(model, config: QAT | None = None, ranges: dict | None = None)
     inputs_done: dict[int, object] = {}
     grid: dict[int, object] = {}   # id(tensor) -> the quantizer whose grid it lies on
 
-    def fq(tensor, name: str, fixed=None):  # noqa: ANN001
+    def fq(tensor, name: str, fixed=None):
         base, n = name, 1
         while name in quantizers:
             n += 1

@@ -74,7 +74,7 @@ def test_placement_and_report(trained):
     assert report["folded"] == {"bn1": "c1", "bn2": "fc2"}
     # after the activation the op fuses (r1, dw's relu, r3), not before it; none after max pooling
     names = set(report["ranges"])
-    assert {"image_fq", "r1_fq", "dw_fq", "pw_fq" if False else "r3_fq", "cat_fq", "gap_fq", "fc1_fq",
+    assert {"image_fq", "r1_fq", "dw_fq", "pw_fq", "r3_fq", "cat_fq", "gap_fq", "fc1_fq",
             "fc2_preact_fq", "fc2_fq"} <= names
     assert not {"c1_fq", "add_fq", "mp_fq"} & names
     qat.calibrate(qmodel, x, 32, 2)
@@ -178,6 +178,18 @@ def test_masks_and_codebooks_held(trained):
     assert moved > 0
 
 
+def test_onnx_rewrite_refuses_weights_off_their_grid(trained):
+    """The int8 weight rewrite is for a QAT model's baked kernels only: a float kernel would change."""
+    from exporters.onnx import _tf2onnx
+    from exporters.onnx_qat import quantize_weights
+    from exporters.variants import Variant
+
+    model, _, _ = trained
+    proto = _tf2onnx(model, Variant.parse("onnx", "int8"))
+    with pytest.raises(EdgecompError, match="not on its int8 grid"):
+        quantize_weights(proto, 8)
+
+
 def test_unwrappable_layer_is_reported_and_left_float():
     inp = keras.Input((6,))
     h = L.Dense(8, activation="relu", name="d1")(inp)
@@ -241,3 +253,15 @@ def test_cli_compress_qat_then_export_on_the_trained_ranges(tmp_path):
     scale, _ = Interpreter(model_path=tfl["path"]).get_input_details()[0]["quantization"]
     lo, hi = stored["ranges"][f"{model.layers[0].name}_fq"]     # the model input's quantizer
     assert abs(scale - (hi - lo) / 255) < 1e-6
+
+
+def test_recipe_stage_options_and_round_trip():
+    from edgecomp.recipe import Recipe
+
+    r = Recipe.from_options(method="deep", qat_epochs=2, qat_distill="off", qat_weight_bits=7)
+    assert r.qat == qat.QAT(epochs=2, distill=None, weight_bits=7)
+    assert r.stages == ["pruning", "sharing", "qat", "coding"]
+    assert "QAT 2 epochs" in r.describe()
+    assert Recipe.from_config(r.get_config()) == r
+    assert Recipe.from_options(r, qat_epochs=0).qat is None          # 0 epochs drops the stage
+    assert Recipe.from_options(qat_epochs=1).qat.distill.temperature == 4.0   # distilled by default
