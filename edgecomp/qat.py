@@ -230,6 +230,14 @@ def quantize_model(model, config: QAT | None = None, ranges: dict | None = None)
                 y = keras.layers.Activation(act, name=f"{name}_{act}")(y)
                 return fq(y, f"{name}_fq", FIXED_RANGES.get(act))
             return fq(y, f"{name}_fq") if range_after(name) else y
+        if kind == "Dot":
+            rhs = grid.get(id(keras.tree.flatten(args)[1]))
+            if rhs is not None:
+                # LiteRT's int8 BATCH_MATMUL (XNNPACK and builtin, 2.21) rounds some near-half
+                # results off by one step when the right-hand operand has a nonzero zero point
+                # (3 and 17 of 768 and 4096 outputs in PointNet's transforms): a symmetric range
+                # gives it zero point 0.
+                rhs.symmetric = True
         if kind == "BatchNormalization":
             layer.trainable = False
             report["float"].append({"layer": name, "kind": kind, "why": _FLOAT_BN})
@@ -365,7 +373,8 @@ def fine_tune(qmodel, x, y, config: QAT | None = None, *, batch_size: int = 64, 
     n_cal = min(config.calibration_batches, int(np.ceil(len(x) / batch_size)))
     if shared:
         losses = fine_tune_centroids(qmodel, shared, x, y, epochs=config.epochs, batch_size=batch_size,
-                                     learning_rate=config.learning_rate, seed=seed, verbose=verbose, loss=loss)
+                                     learning_rate=config.learning_rate, seed=seed, verbose=verbose, loss=loss,
+                                     title="QAT (shared weights: centroids train)")
         return {"loss": losses, "calibrated_batches": n_cal}
     with hold_masks(qmodel, masks or {}):
         hist = train.fit(qmodel, x, y, epochs=config.epochs, batch_size=batch_size, seed=seed, verbose=verbose,

@@ -175,13 +175,14 @@ def share_weights(model, kernels: list[str] | None = None, bits="conv=8,dense=5"
 
 def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs: int = 1,
                         batch_size: int = 64, learning_rate: float = 1e-4, seed: int = 0,
-                        verbose: int = 1, loss=None) -> list[float]:
+                        verbose: int = 1, loss=None, title: str = "Centroid fine-tuning") -> list[float]:
     """Train the centroids (and every other trainable weight) with assignments fixed.
 
     Each shared kernel is computed as ``gather([centroids, 0], assignment)`` inside the
     forward pass (Keras 3 ``stateless_call``), so autodiff gives each centroid the sum of
     its weights' gradients. ``loss`` replaces the integer-label cross-entropy (e.g. a
-    distillation loss, with ``y`` the packed targets). Returns the mean loss per epoch.
+    distillation loss, with ``y`` the packed targets); ``title`` heads each epoch's progress line.
+    Returns the mean loss per epoch.
     """
     import keras
     import tensorflow as tf
@@ -236,7 +237,7 @@ def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs:
         n_steps = int(np.ceil(len(x) / batch_size))
         bar = keras.utils.Progbar(n_steps, verbose=verbose if sys.stdout.isatty() else (2 if verbose else 0))
         if verbose:
-            print(f"Centroid fine-tuning epoch {epoch + 1}/{epochs}", flush=True)
+            print(f"{title} epoch {epoch + 1}/{epochs}", flush=True)
         losses = []
         for i in range(n_steps):
             sel = order[i * batch_size:(i + 1) * batch_size]
