@@ -4,19 +4,22 @@ the int8 TFLite/ONNX kernels quantize, so the int8 file computes what the traine
 :func:`quantize_model` rebuilds a functional model with fake quantization placed as LiteRT's
 int8 kernels quantize:
 
-- **weights** of Conv1D/2D/3D, DepthwiseConv and Dense: per output channel, symmetric, narrow
-  range (int8 in [-127, 127]), after folding the BatchNorm beside them (the plan of
-  :func:`edgecomp.fold.fold_plan`) from its frozen statistics (:class:`~edgecomp.qat_layers.QuantWrapper`);
+- **weights** of Conv1D/2D/3D and DepthwiseConv: per output channel, symmetric, narrow range
+  (int8 in [-127, 127]); of Dense: per tensor (TF 2.21's converter takes no per-channel range
+  there); after folding the BatchNorm beside them (the plan of :func:`edgecomp.fold.fold_plan`)
+  from its frozen statistics (:class:`~edgecomp.qat_layers.QuantWrapper`); biases rounded to
+  the int32 grid (input scale x weight scale) the kernels add them on;
 - **activations**, per tensor, asymmetric, with moving-average min/max
   (:class:`~edgecomp.qat_layers.FakeQuant`): at each model input; after each conv/dense op
   *after* the activation the kernel fuses (ReLU/ReLU6: an op whose only reader is such an
   activation gets its range after it); after Add/Subtract/Multiply/Average/Maximum/Minimum,
-  Concatenate, Dot, average pooling and any BatchNorm that does not fold. Softmax, sigmoid
-  and tanh outputs get the fixed range LiteRT's int8 kernels use (scale 1/256, 1/128), and
-  their inputs a range of their own.
+  Concatenate, Dot, global average pooling and any BatchNorm that does not fold. Softmax,
+  sigmoid and tanh outputs get the fixed range LiteRT's int8 kernels use (scale 1/256, 1/128),
+  and their inputs a range of their own.
 - Ops that keep their input's scale in the int8 kernels (max pooling, reshape, flatten,
-  dropout, nearest upsampling, padding, cropping, permute) get none: their output is on
-  their input's grid already.
+  dropout, upsampling, padding, cropping, permute) get none: their output is on their input's
+  grid already. Average pooling and bilinear upsampling run on their input's scale too, but
+  leave its grid: their output is rounded back onto it (:class:`~edgecomp.qat_layers.TiedFakeQuant`).
 
 Any other layer kind is left float and named in ``report["float"]``: the converter then
 keeps that op in float between a dequantize and a quantize (or fails for int8-only files).
@@ -35,7 +38,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import numpy as np
@@ -230,21 +232,14 @@ def quantize_model(model, config: QAT | None = None, ranges: dict | None = None)
                 y = keras.layers.Activation(act, name=f"{name}_{act}")(y)
                 return fq(y, f"{name}_fq", FIXED_RANGES.get(act))
             return fq(y, f"{name}_fq") if range_after(name) else y
-        if kind == "Dot":
-            rhs = grid.get(id(keras.tree.flatten(args)[1]))
-            if rhs is not None:
-                # LiteRT's int8 BATCH_MATMUL (XNNPACK and builtin, 2.21) rounds some near-half
-                # results off by one step when the right-hand operand has a nonzero zero point
-                # (3 and 17 of 768 and 4096 outputs in PointNet's transforms): a symmetric range
-                # gives it zero point 0.
-                rhs.symmetric = True
         if kind == "BatchNormalization":
             layer.trainable = False
             report["float"].append({"layer": name, "kind": kind, "why": _FLOAT_BN})
         y = layer(*args, **kwargs)
         if kind in SAME_SCALE:
             src = grid.get(id(keras.tree.flatten(args)[0]))
-            if src is not None and kind in ROUNDED_SAME_SCALE:
+            off_grid = kind in ROUNDED_SAME_SCALE or getattr(layer, "interpolation", "nearest") != "nearest"
+            if src is not None and off_grid:
                 y = TiedFakeQuant(src, name=f"{name}_fq")(y)
             if src is not None:
                 grid[id(y)] = src
@@ -301,28 +296,6 @@ def float_model(qmodel):
         raise EdgecompError("this model was not built by edgecomp.qat.quantize_model",
                             fix="pass the model quantize_model returned")
     return source
-
-
-@contextlib.contextmanager
-def baked(qmodel):
-    """Inside the block the QAT model's weighted layers run on constant quantized kernels
-    (no weight fake-quant op in a traced graph); activations keep their fake quantization."""
-    from edgecomp.qat_layers import QuantWrapper
-    wrappers = [layer for layer in qmodel.layers if isinstance(layer, QuantWrapper)]
-    for w in wrappers:
-        w.bake(True)
-    try:
-        yield qmodel
-    finally:
-        for w in wrappers:
-            w.bake(False)
-
-
-def weight_bits(qmodel) -> int:
-    """The weight grid's bits of a QAT model."""
-    from edgecomp.qat_layers import QuantWrapper
-    bits = {layer.bits for layer in qmodel.layers if isinstance(layer, QuantWrapper)}
-    return bits.pop() if len(bits) == 1 else 8
 
 
 def calibrate(qmodel, x, batch_size: int, batches: int) -> None:

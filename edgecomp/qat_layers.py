@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from edgecomp.errors import EdgecompError
@@ -91,16 +93,14 @@ class FakeQuant(_layer_base()):
         bits: activation bits (8 for int8 kernels).
         decay: moving-average decay of the range while training; the first batch sets it.
         fixed: ``(min, max)`` for an output range the int8 kernel fixes (softmax, ...).
-        symmetric: keep the range symmetric about 0, so the zero point is 0 (the right-hand
-            operand of a batch matmul: see :mod:`edgecomp.qat`).
 
     The range always holds 0 (the zero point must be exact). In inference the stored
     range is used as it is.
     """
 
-    def __init__(self, bits: int = 8, decay: float = 0.99, fixed=None, symmetric: bool = False, **kwargs):
+    def __init__(self, bits: int = 8, decay: float = 0.99, fixed=None, **kwargs):
         super().__init__(**kwargs)
-        self.bits, self.decay, self.symmetric = int(bits), float(decay), bool(symmetric)
+        self.bits, self.decay = int(bits), float(decay)
         self.fixed = None if fixed is None else (float(fixed[0]), float(fixed[1]))
         self.supports_masking = True
 
@@ -118,9 +118,6 @@ class FakeQuant(_layer_base()):
         if training and self.fixed is None:
             lo = ops.minimum(ops.min(ops.stop_gradient(x)), 0.0)
             hi = ops.maximum(ops.max(ops.stop_gradient(x)), 0.0)
-            if self.symmetric:   # zero point 0: [-128, 127] steps (a range of +-m would sit on 127.5)
-                hi = ops.maximum(hi, -lo * 127.0 / 128.0)
-                lo = -hi * 128.0 / 127.0
             first = ops.equal(self.seen, 0.0)
             self.min.assign(ops.where(first, lo, self.decay * self.min + (1 - self.decay) * lo))
             self.max.assign(ops.where(first, hi, self.decay * self.max + (1 - self.decay) * hi))
@@ -144,8 +141,7 @@ class FakeQuant(_layer_base()):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "bits": self.bits, "decay": self.decay, "fixed": self.fixed,
-                "symmetric": self.symmetric}
+        return {**super().get_config(), "bits": self.bits, "decay": self.decay, "fixed": self.fixed}
 
 
 class TiedFakeQuant(_layer_base()):
@@ -262,3 +258,23 @@ class QuantWrapper(_layer_base()):
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+
+@contextlib.contextmanager
+def baked(qmodel):
+    """Inside the block the QAT model's weighted layers run on constant quantized kernels
+    (no weight fake-quant op in a traced graph); activations keep their fake quantization."""
+    wrappers = [layer for layer in qmodel.layers if isinstance(layer, QuantWrapper)]
+    for w in wrappers:
+        w.bake(True)
+    try:
+        yield qmodel
+    finally:
+        for w in wrappers:
+            w.bake(False)
+
+
+def weight_bits(qmodel) -> int:
+    """The weight grid's bits of a QAT model."""
+    bits = {layer.bits for layer in qmodel.layers if isinstance(layer, QuantWrapper)}
+    return bits.pop() if len(bits) == 1 else 8

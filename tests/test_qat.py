@@ -273,28 +273,3 @@ def test_recipe_stage_options_and_round_trip():
     assert Recipe.from_config(r.get_config()) == r
     assert Recipe.from_options(r, qat_epochs=0).qat is None          # 0 epochs drops the stage
     assert Recipe.from_options(qat_epochs=1).qat.distill.temperature == 4.0   # distilled by default
-
-
-def test_batch_matmul_rhs_gets_zero_point_zero():
-    """A learned transform (Dot, as in PointNet): its right-hand operand is quantized symmetrically, so
-    LiteRT's int8 BATCH_MATMUL computes it exactly (with a nonzero zero point it rounds some near-half
-    results off by a step); the file then matches the QAT model."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from exporters.base import convert_to_bytes
-
-    rng = np.random.default_rng(0)
-    inp = keras.Input((16, 3), name="points")
-    t = L.Dense(9, name="matrix")(L.GlobalMaxPooling1D()(L.Conv1D(8, 1, activation="relu", name="c")(inp)))
-    y = L.Dot(axes=(2, 1), name="apply")([inp, L.Reshape((3, 3))(t)])
-    out = L.Dense(4, activation="softmax", name="fc")(L.Flatten()(L.Conv1D(8, 1, activation="relu", name="c2")(y)))
-    model = keras.Model(inp, out)
-    x = rng.normal(size=(256, 16, 3)).astype("float32")
-    qmodel, _ = qat.quantize_model(model)
-    assert qat.quantizers_of(qmodel)["matrix_fq"].symmetric
-    qat.calibrate(qmodel, x, 32, 8)
-    _, data = convert_to_bytes(qmodel, "tflite", "int8")
-    it = Interpreter(model_content=data)
-    det = {d["index"]: d for d in it.get_tensor_details()}
-    bmm = [o for o in it._get_ops_details() if o["op_name"] == "BATCH_MATMUL"]
-    assert len(bmm) == 1 and det[bmm[0]["inputs"][1]]["quantization"][1] == 0
