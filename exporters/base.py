@@ -72,7 +72,7 @@ class Exporter(Protocol):
 
     def convert(self, model, variant: Variant, calibration: np.ndarray | None) -> bytes: ...
 
-    def describe(self, data: bytes) -> tuple[list[str], dict]: ...
+    def describe(self, data: bytes, reference=None) -> tuple[list[str], dict]: ...
 
 
 _REGISTRY: dict[str, Exporter] = {}
@@ -102,9 +102,10 @@ def gzip_size(data: bytes) -> int:
     return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
-def build_artifact(exporter: Exporter, variant: str | Variant, path: Path, data: bytes) -> Artifact:
-    """Describe ``data`` (to be written, or already written, at ``path``) as an :class:`Artifact`."""
-    ops, needs = exporter.describe(data)
+def build_artifact(exporter: Exporter, variant: str | Variant, path: Path, data: bytes, reference=None) -> Artifact:
+    """Describe ``data`` (to be written, or already written, at ``path``) as an :class:`Artifact`;
+    ``reference``: the outputs the file must give on the load probe's inputs (a QAT model's)."""
+    ops, needs = exporter.describe(data, reference=reference)
     return Artifact(path=Path(path), format=exporter.format, variant=str(variant), bytes=len(data),
                     gzip_bytes=gzip_size(data), ops=ops, needs=needs, parity=None)
 
@@ -168,6 +169,17 @@ def convert_to_bytes(model, fmt: str, variant: str | Variant,
     return exporter, exporter.convert(model, variant, calibration)
 
 
+def _probe_reference(model, variant: Variant):
+    """A QAT model's outputs on the load probe's inputs, for its int8 files (else None)."""
+    model, trained = model_for(model, variant)
+    if not trained:
+        return None
+    from edgecomp.train import predict
+
+    from .probe import probe_inputs
+    return predict(model, probe_inputs(model.inputs[0].shape))
+
+
 def export(model, fmt: str, variant: str | Variant, out_path: str | os.PathLike,
            calibration: np.ndarray | None = None) -> Artifact:
     """Convert ``model`` to ``fmt``/``variant`` and write it atomically to ``out_path``.
@@ -181,9 +193,10 @@ def export(model, fmt: str, variant: str | Variant, out_path: str | os.PathLike,
         ['Conv', 'MatMul', 'MaxPool', ...]
     """
     exporter, data = convert_to_bytes(model, fmt, variant, calibration)
+    reference = _probe_reference(model, Variant.parse(fmt, variant))
     # Described (and load-probed) before writing, so a file no runtime setting
     # loads is never written.
-    artifact = build_artifact(exporter, variant, Path(out_path), data)
+    artifact = build_artifact(exporter, variant, Path(out_path), data, reference=reference)
     io.write_bytes(out_path, data)
     return artifact
 

@@ -257,7 +257,7 @@ def _check(proto, variant: Variant) -> None:
 
 def _convert_qat(model, variant: Variant):
     """A QAT model's int8 file: tf2onnx on the baked model, then int8 weights (:mod:`.onnx_qat`)."""
-    from edgecomp.qat import baked, weight_bits
+    from edgecomp.qat_layers import baked, weight_bits
 
     from .onnx_qat import quantize_weights
 
@@ -370,8 +370,8 @@ class OnnxExporter:
     def convert(self, model, variant: Variant, calibration=None) -> bytes:
         return _convert(model, Variant.parse(self.format, variant), calibration)
 
-    def describe(self, data: bytes) -> tuple[list[str], dict]:
-        ops, needs = read_onnx(data)
+    def describe(self, data: bytes, reference=None) -> tuple[list[str], dict]:
+        ops, needs = read_onnx(data)   # ONNX Runtime's optimization levels round alike: no reference needed
         needs["optimization"], needs["load_check"] = loadable_optimization(data)
         return ops, needs
 

@@ -5,7 +5,7 @@ QuantizeLinear/DequantizeLinear pair with the trained range (uint8, asymmetric: 
 as LiteRT's int8 with the zero point moved by 128). It cannot convert the weights' per-channel
 narrow-range fake quantization (tf2onnx 1.17 has no ``FakeQuantWithMinMaxVarsPerChannel`` and
 refuses ``narrow_range``), so the model is traced with its quantized kernels baked in as float
-constants (:func:`edgecomp.qat.baked`), and :func:`quantize_weights` (one graph rewrite) stores
+constants (:func:`edgecomp.qat_layers.baked`), and :func:`quantize_weights` (one graph rewrite) stores
 each Conv/MatMul weight back as int8 behind a DequantizeLinear with its per-channel (Dense: per
 tensor) scale, and each Conv bias as int32 on ``input scale x weight scale``, the form ONNX
 Runtime fuses into QLinearConv / QLinearMatMul. No calibration and no ``quantize_static``: every

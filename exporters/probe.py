@@ -77,15 +77,27 @@ def _difference(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(out - ref).max() / max(float(np.abs(ref).max()), 1e-6))
 
 
-def choose_setting(data: bytes, suffix: str, settings: list[dict]) -> tuple[dict | None, dict[str, str]]:
-    """The first of ``settings`` that loads ``data`` and computes what the last (reference) one does.
+def probe_inputs(shape) -> np.ndarray:
+    """The inputs every probe runs: :data:`PROBE_BATCH` samples of ``shape`` (batch first, any size
+    there), uniform in [0, 1), seed 0."""
+    shape = [PROBE_BATCH] + [int(d) if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in list(shape)[1:]]
+    return np.random.default_rng(0).uniform(0.0, 1.0, shape).astype(np.float32)
+
+
+def choose_setting(data: bytes, suffix: str, settings: list[dict],
+                   reference=None) -> tuple[dict | None, dict[str, str]]:
+    """The first of ``settings`` that loads ``data`` and computes what the reference does: the last
+    setting, or ``reference`` (the outputs the file must give on :func:`probe_inputs`, e.g. a
+    quantization-aware-trained model's: it simulates the int8 kernels, where two LiteRT resolvers
+    may round differently).
 
     Returns the setting (None when none loads) and a one-line result per
-    setting tried (``"ok"``, or why it was passed over). The reference is only
+    setting tried (``"ok"``, or why it was passed over). The reference setting is only
     run when an earlier setting loads.
     """
     tried: dict[str, str] = {}
-    ref_label = _label(settings[-1])
+    ref_label = "the model" if reference is not None else _label(settings[-1])
+    given = None if reference is None else np.asarray(reference, np.float64)
     fd, name = tempfile.mkstemp(prefix="edgecomp_probe_", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -97,7 +109,9 @@ def choose_setting(data: bytes, suffix: str, settings: list[dict]) -> tuple[dict
             if status != "ok":
                 tried[label] = status
                 continue
-            if label == ref_label:
+            if given is not None:
+                ref = given
+            elif label == ref_label:
                 tried[label] = "ok"
                 return dict(setting), tried
             if ref is None:
@@ -125,10 +139,7 @@ def _run(path: str, setting: dict) -> tuple[str, list | None]:
         shape = runner.interp.get_input_details()[0]["shape"]
     else:  # ONNX Runtime: symbolic dims are strings or None
         shape = runner.sess.get_inputs()[0].shape
-    shape = [int(d) if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in shape]
-    shape[0] = PROBE_BATCH
-    x = np.random.default_rng(0).uniform(0.0, 1.0, shape).astype(np.float32)
-    out = runner.predict(x)
+    out = runner.predict(probe_inputs(shape))
     if not np.isfinite(out).all():
         return "loads, but its outputs are not finite (NaN or Inf)", None
     return "ok", out.astype(np.float64).tolist()
