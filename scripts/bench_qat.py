@@ -232,7 +232,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
                       _cell(r["qat"]["tflite"]), _cell(r["qat"]["onnx"]), _ms(r["float_tflite"]),
                       _ms(r["ptq"]["tflite"]), _ms(r["qat"]["tflite"]), _ms(r["ptq"]["onnx"]), _ms(r["qat"]["onnx"])])
     lines = ["# Post-training int8 vs quantization-aware training", "",
-             f"Made by `{meta['command']}` in {meta.get('seconds', 0):.0f} s on {meta['machine']}.", "",
+             f"Made by `{meta['command']}` in {meta.get('seconds', 0):.0f} s on {meta['machine']}."
+             + (f" Rows of {', '.join(meta['reused'])} were finished by an earlier run of the script (same settings) "
+                "and reused; `--fresh` recomputes them." if meta.get("reused") else ""), "",
              "Every model is compressed with the seed's method (rate 0.8) and decoded first: that is the float model. "
              "acc = the file's test accuracy (segmentation: pixel accuracy); agree = its top-1 agreement (per pixel) "
              "with the Keras model it was made from: the float model for PTQ (calibrated on 512 training inputs), the "
@@ -314,6 +316,7 @@ def main(argv=None) -> int:
         if name in old and all(Path(e["file"]).is_file() for e in [old[name]["float_tflite"], *old[name]["ptq"].values(),
                                                                    *old[name]["qat"].values()] if "error" not in e):
             rows.append(old[name])
+            meta.setdefault("reused", []).append(name)
             print(f"[{name}] reused from {out / 'bench_qat.json'}", flush=True)
         else:
             try:
