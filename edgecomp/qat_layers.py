@@ -29,7 +29,7 @@ import numpy as np
 
 from edgecomp.errors import EdgecompError
 
-from edgecomp.qat import FIXED_RANGES, FUSED_ACTIVATIONS, WEIGHTED  # noqa: F401  (re-exported)
+from edgecomp.qat import WEIGHTED
 
 
 def _keras():

@@ -105,7 +105,7 @@ def _verdict(entry: dict, float_acc: float) -> None:
 
 
 def run_model(name: str, args, work: Path) -> dict:
-    from edgecomp import qat, store, train
+    from edgecomp import store, train
     from edgecomp.models import build_model
     from edgecomp.pipeline import compress
     from edgecomp.zoo import evaluate
@@ -154,7 +154,6 @@ def deep_check(name: str, spec: dict, ds, args, work: Path, epochs: int) -> dict
     from edgecomp import qat, store, train
     from edgecomp.models import build_model
     from edgecomp.pipeline import compress
-    from edgecomp.weight_sharing import SharedTensor  # noqa: F401  (what the codebook check mirrors)
     from edgecomp.zoo import evaluate
 
     import keras
