@@ -293,9 +293,11 @@ def main(argv=None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.deep_models = {m.strip() for m in args.deep.split(",") if m.strip()}
     bad = [m for m in models + sorted(args.deep_models) if m not in MODELS]
-    if bad or (args.qat_epochs is not None and args.qat_epochs < 1):
-        print(f"bench_qat: error: unknown model(s) {', '.join(bad)} or --qat-epochs < 1; use some of: "
-              f"{', '.join(MODELS)}", file=sys.stderr)
+    if bad:
+        print(f"bench_qat: error: unknown model(s) {', '.join(bad)}; use some of: {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    if args.qat_epochs is not None and args.qat_epochs < 1:
+        print(f"bench_qat: error: --qat-epochs must be 1 or more, got {args.qat_epochs}", file=sys.stderr)
         return 2
     out, work = io.ensure_dir(args.out), io.ensure_dir(args.work)
     meta = {"command": " ".join(["python scripts/bench_qat.py", *(argv if argv is not None else sys.argv[1:])]),

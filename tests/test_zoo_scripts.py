@@ -10,6 +10,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+import bench_qat  # noqa: E402
 import bench_zoo  # noqa: E402
 import decode_and_evaluate_pointnet  # noqa: E402
 import decode_and_evaluate_unet  # noqa: E402
@@ -32,6 +33,8 @@ def test_seed_flags_parse():
     (decode_and_evaluate_unet.main, ["--results", "{tmp}"], "compressed_unet.ecz does not exist"),
     (decode_and_evaluate_pointnet.main, ["--results", "{tmp}"], "compressed_pointnet.ecz does not exist"),
     (bench_zoo.main, ["--models", "vgg,alexnet", "--out", "{tmp}"], "unknown model(s): alexnet"),
+    (bench_qat.main, ["--models", "vgg,alexnet", "--out", "{tmp}"], "unknown model(s) alexnet"),
+    (bench_qat.main, ["--qat-epochs", "0", "--out", "{tmp}"], "--qat-epochs must be 1 or more"),
 ])
 def test_scripts_fail_with_one_line(tmp_path, capsys, main, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
