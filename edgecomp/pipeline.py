@@ -211,8 +211,9 @@ def _quantization_aware(model, x, y, recipe: Recipe, masks, shared, *, verbose, 
         checkpoints.load("qat", model)
         info = checkpoints.info("qat")
         history.append(info["history"])
+        by_path = {v.path: v for v in model.weights}
         for p, st in (shared or {}).items():
-            st.refresh(next(v for v in model.weights if v.path == p).numpy())
+            st.refresh(by_path[p].numpy())
         return qat.restore(model, info["qat"]), info["qat"]
     if x is None:
         raise EdgecompError("QAT needs training data", fix="pass data to compress, or drop --qat-epochs")

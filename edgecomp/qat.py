@@ -298,10 +298,13 @@ def float_model(qmodel):
     return source
 
 
-def calibrate(qmodel, x, batch_size: int, batches: int) -> None:
-    """Set every activation range from ``batches`` batches (training-mode statistics, no weight update)."""
-    for i in range(min(batches, int(np.ceil(len(x) / batch_size)))):
+def calibrate(qmodel, x, batch_size: int, batches: int) -> int:
+    """Set every activation range from up to ``batches`` batches (training-mode statistics, no
+    weight update); returns how many batches ran."""
+    n = min(batches, int(np.ceil(len(x) / batch_size)))
+    for i in range(n):
         qmodel(np.asarray(x[i * batch_size:(i + 1) * batch_size], np.float32), training=True)
+    return n
 
 
 def fine_tune(qmodel, x, y, config: QAT | None = None, *, batch_size: int = 64, masks: dict | None = None,
@@ -342,8 +345,7 @@ def fine_tune(qmodel, x, y, config: QAT | None = None, *, batch_size: int = 64, 
         y = pack_targets(y, train.predict(float_model(qmodel), x))
         loss = distillation_loss(config.distill.temperature, config.distill.weight)
         metrics = [label_accuracy]
-    calibrate(qmodel, x, batch_size, config.calibration_batches)
-    n_cal = min(config.calibration_batches, int(np.ceil(len(x) / batch_size)))
+    n_cal = calibrate(qmodel, x, batch_size, config.calibration_batches)
     if shared:
         losses = fine_tune_centroids(qmodel, shared, x, y, epochs=config.epochs, batch_size=batch_size,
                                      learning_rate=config.learning_rate, seed=seed, verbose=verbose, loss=loss,

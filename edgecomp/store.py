@@ -92,7 +92,8 @@ def decode_model(data: bytes, qat: bool = True):
             raise ContainerError(f"weight {name} has shape {value.shape}, the model expects {tuple(var.shape)}",
                                  fix="re-create the container")
         var.assign(value)
-    record = (meta.get("info") or {}).get("qat") if isinstance(meta.get("info"), dict) else None
+    info = meta.get("info")
+    record = info.get("qat") if isinstance(info, dict) else None
     if qat and record is not None:
         from edgecomp.qat import restore
         return restore(model, record)

@@ -269,26 +269,22 @@ def _convert_qat(model, variant: Variant):
 
 def _convert(model, variant: Variant, calibration=None) -> bytes:
     from edgecomp.qat import is_qat
-    if is_qat(model) and variant.precision == "int8":
+    if is_qat(model) and variant.precision == "int8":   # trained ranges: no calibration, no quantize_static
         proto = _convert_qat(model, variant)
+    else:
+        if variant.calibrated:
+            calibration = base.check_calibration(model, calibration, variant)
+        proto = _tf2onnx(model, variant)
         _check(proto, variant)
-        if variant.sparse:
-            sparsify_initializers(proto)
-            _check(proto, variant)
-        return proto.SerializeToString()
-    if variant.calibrated:
-        calibration = base.check_calibration(model, calibration, variant)
-    proto = _tf2onnx(model, variant)
+        if variant.precision != "fp32":
+            try:
+                proto = _quantize(proto, variant, calibration)
+            except EdgecompError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many types
+                raise EdgecompError(f"ONNX {variant} quantization failed: {first_line(exc)}",
+                                    fix="try the fp32 or dynamic variant") from None
     _check(proto, variant)
-    if variant.precision != "fp32":
-        try:
-            proto = _quantize(proto, variant, calibration)
-        except EdgecompError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many types
-            raise EdgecompError(f"ONNX {variant} quantization failed: {first_line(exc)}",
-                                fix="try the fp32 or dynamic variant") from None
-        _check(proto, variant)
     if variant.sparse:
         sparsify_initializers(proto)
         _check(proto, variant)

@@ -146,8 +146,8 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
         raise EdgecompError("parity check needs at least one input", fix="pass check_x with some test inputs")
     trained = False
     if variant is not None:
-        fmt = artifact_or_path.format if isinstance(artifact_or_path, Artifact) else \
-            ("onnx" if path.suffix == ".onnx" else "tflite")
+        from runtime_bench.runners import format_of
+        fmt = artifact_or_path.format if isinstance(artifact_or_path, Artifact) else format_of(path)
         model, trained = model_for(model, Variant.parse(fmt, str(variant)))
     limits = _thresholds_for(variant, thresholds, trained)
     variant = None if variant is None else str(variant)

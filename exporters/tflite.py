@@ -100,13 +100,11 @@ def _configure(converter, variant: Variant, model, calibration) -> None:
     if s.get("float16"):
         converter.target_spec.supported_types = [tf.float16]
     from edgecomp.qat import is_qat
-    if variant.calibrated and is_qat(model):
-        # The trained ranges are in the graph (FakeQuant ops); the converter reads them. TF 2.21:
-        # supported_ops={TFLITE_BUILTINS_INT8} without a representative dataset fails before
-        # converting ("a representative_dataset must be specified": its metrics pass sees no
-        # graph yet), so the default op set stays; the file is checked for float ops instead.
-        pass
-    elif variant.calibrated:
+    # A QAT model's trained ranges are in the graph (FakeQuant ops) and the converter reads them:
+    # no representative dataset. TF 2.21: supported_ops={TFLITE_BUILTINS_INT8} without one fails
+    # before converting ("a representative_dataset must be specified": its metrics pass sees no
+    # graph yet), so the default op set stays; ops QAT leaves float are named in its report.
+    if variant.calibrated and not is_qat(model):
         converter.representative_dataset = _calibration_feed(model, calibration, variant)
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
