@@ -4,6 +4,7 @@ A stage's checkpoint is the model's exact float32 weights (an ``.ecz`` container
 tensors) plus optional named arrays (masks, codebooks) in an ``.npz`` (no pickle), written
 atomically; ``state.json`` lists the finished stages and the settings they were made with.
 Each stage starts from a fixed seed, so a resumed run computes what an uninterrupted one does.
+On a multi-worker cluster only the chief writes (the others read the same folder on resume).
 
     >>> ck = Checkpoints("runs/x/checkpoints", settings={"rate": 0.8}, resume=True)
     >>> if ck.done("prune-1"): masks = ck.load("prune-1", model)
@@ -19,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecomp import codec, io, store
+from edgecomp import codec, distribute, io, store
 from edgecomp.errors import EdgecompError
 
 
 class Checkpoints:
     def __init__(self, folder: str | os.PathLike, settings: dict, resume: bool = False):
-        self.folder = io.ensure_dir(folder)
+        self.writer = distribute.is_chief()
+        self.folder = io.ensure_dir(folder) if self.writer else Path(folder)
         self.state_path = self.folder / "state.json"
         settings = json.loads(json.dumps(settings))  # normalise tuples etc.
         state = None
@@ -43,7 +45,8 @@ class Checkpoints:
             self._write()
 
     def _write(self):
-        io.write_json(self.state_path, self.state)
+        if self.writer:
+            io.write_json(self.state_path, self.state)
 
     def done(self, stage: str) -> bool:
         return stage in self.state["stages"]
@@ -57,6 +60,8 @@ class Checkpoints:
         self._write()
 
     def save(self, stage: str, model, arrays: dict[str, np.ndarray] | None = None, info: dict | None = None):
+        if not self.writer:
+            return self.mark(stage, info)
         io.write_bytes(self.folder / f"{stage}.ecz", codec.encode_weights(store.model_weights(model)))
         buf = _io.BytesIO()
         names = list((arrays or {}).keys())
@@ -77,7 +82,8 @@ class Checkpoints:
     def save_model(self, stage: str, model, info: dict | None = None):
         """Save a stage whose model has a new architecture (structured pruning): the architecture
         and exact float32 weights in one container."""
-        io.write_bytes(self.folder / f"{stage}.model.ecz", store.encode_model(model))
+        if self.writer:
+            io.write_bytes(self.folder / f"{stage}.model.ecz", store.encode_model(model))
         self.mark(stage, info)
 
     def load_model(self, stage: str):

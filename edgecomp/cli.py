@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
 
-from edgecomp.cli_options import _add_compression, _positive, _rate, recipe_from_args  # noqa: E402  (no TensorFlow)
+from edgecomp.cli_options import _add_compression, _positive, _rate, add_distribute, recipe_from_args  # noqa: E402
 
 
 def _size(text: str):
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-model", action="store_true", help="allow a model that runs code on load (Lambda)")
     p.add_argument("-o", "--out", required=True, help="container to write (.ecz)")
     p.add_argument("--report", default=None, help="also write the per-layer report as JSON here")
+    add_distribute(p)
     g = p.add_argument_group("budgeted search (per-layer rates and bits from sensitivity curves; by default method deep, "
                              "iterative:2, every layer planned: edgecomp.budget.DEFAULT_OPTIONS)")
     g.add_argument("--max-accuracy-drop", type=float, default=None,
@@ -175,8 +176,23 @@ def _latency_measure(recipe, ds):
     return latency_measure(recipe.structured.profile, ds.x_test[:1])
 
 
+def _checkpoints(args, recipe):
+    """``--checkpoints DIR`` (and ``--resume``): the stage checkpoints of a resumable compress."""
+    from edgecomp.errors import EdgecompError
+    if args.checkpoints is None:
+        if args.resume:
+            raise EdgecompError("--resume needs --checkpoints DIR, the folder the first run saved its stages in",
+                                fix="add --checkpoints DIR")
+        return None
+    from edgecomp.checkpoint import Checkpoints
+    settings = {k: v for k, v in recipe.get_config().items() if k != "distribute"}  # resumable on any layout
+    return Checkpoints(args.checkpoints, settings={"recipe": settings, "model": os.path.abspath(args.model),
+                                                   "data": args.data, "train_size": args.train_size},
+                       resume=args.resume)
+
+
 def cmd_compress(args):
-    from edgecomp import io, train
+    from edgecomp import distribute, io, train
     from edgecomp.models import load_keras_model
     from edgecomp.pipeline import compress
 
@@ -184,7 +200,12 @@ def cmd_compress(args):
     if budget:
         from edgecomp.budget import default_recipe
     recipe = _recipe(args, default_recipe() if budget else None)  # every flag checked before anything loads
-    io.ensure_dir(os.path.dirname(os.path.abspath(args.out)))
+    # before TensorFlow runs anything: TF_CONFIG, the peers, the global batch
+    distribute.prepare(recipe.distribute, recipe.fine_tune.batch_size)
+    chief = distribute.is_chief()
+    if chief:
+        io.ensure_dir(os.path.dirname(os.path.abspath(args.out)))
+    checkpoints = _checkpoints(args, recipe)
     model = load_keras_model(args.model, trust=args.trust_model)
     fp32_bytes = 4 * model.count_params()
     ds = _data(args)
@@ -199,12 +220,13 @@ def cmd_compress(args):
                                            target_ratio=args.target_ratio, val_size=args.val_size,
                                            measure=_latency_measure(recipe, ds))
     else:
-        result = compress(model, ds, recipe, measure=_latency_measure(recipe, ds))
-    result.save(args.out)
-    if args.report:
+        result = compress(model, ds, recipe, measure=_latency_measure(recipe, ds), checkpoints=checkpoints)
+    if chief:
+        result.save(args.out)
+    if args.report and chief:
         io.write_json(args.report, {"settings": result.settings, "bytes": result.bytes, "fp32_bytes": fp32_bytes,
                                     "layers": result.report, "structured": result.structured, "search": result.search,
-                                    "history": result.history, "qat": result.qat})
+                                    "history": result.history, "qat": result.qat, "distribute": result.distribute})
     acc = train.evaluate(result.decode(), ds.x_test, ds.y_test)
     from edgecomp.report import text_table
     rows = [[r["name"], str(r["shape"]), f"{r['params']:,}", f"{r['macs']:,}" if "macs" in r else "",
@@ -231,8 +253,29 @@ def cmd_compress(args):
               "exports use them)")
         for f in result.qat["float_layers"]:
             print(f"  left float: {f['layer']} ({f['kind']}): {f['why']}")
-    print(f"\nwrote {args.out}: {result.bytes:,} bytes ({fp32_bytes / result.bytes:.1f}x smaller than the input model's "
-          f"fp32 weights); decoded test accuracy {acc:.2%}" + (" (int8 simulated)" if result.qat else ""))
+    if result.distribute:
+        _print_distribute(result)
+    print(f"\n{'wrote' if chief else 'computed (the chief writes)'} {args.out}: {result.bytes:,} bytes "
+          f"({fp32_bytes / result.bytes:.1f}x smaller than the input model's fp32 weights); decoded test accuracy "
+          f"{acc:.2%}" + (" (int8 simulated)" if result.qat else ""))
+
+
+def _print_distribute(result):
+    import hashlib
+
+    from edgecomp import distribute
+    d = result.distribute
+    rates = sorted({str(r["learning_rate"]) for r in d["runs"]})
+    batches = sorted({(r["global_batch"], r["per_replica_batch"]) for r in d["runs"]})
+    print(f"distribute: {d['strategy']} on {d['replicas']} replicas ({d['workers']} worker(s)); global batch "
+          + ", ".join(f"{g} ({b} per replica)" for g, b in batches) + f"; learning rate {', '.join(rates)}; "
+          f"{d['samples']:,} samples in {d['seconds']:.1f} s of training ({d['samples_per_s'] or 0:.0f} samples/s)")
+    if "mask_check" in d:
+        m = d["mask_check"]
+        print(f"mask check on {d['worker']}: {m['nonzero_pruned']} pruned weights not 0 after {m['steps']} steps "
+              "(every local replica)")
+    print(f"digest on {d['worker']}: weights sha256 {distribute.digest(result.model)[:16]}, "
+          f"container sha256 {hashlib.sha256(result.container).hexdigest()[:16]}")
 
 
 def cmd_analyze(args):

@@ -106,13 +106,34 @@ def _add_compression(p, defaults: bool = True):
                 action.default = argparse.SUPPRESS
 
 
+def add_distribute(p):
+    """``edgecomp compress``'s flags for training under tf.distribute, and for resumable runs."""
+    g = p.add_argument_group("distributed fine-tuning (every training stage under tf.distribute: edgecomp.distribute)")
+    g.add_argument("--distribute", choices=("none", "mirrored", "multi-worker"), default=None,
+                   help="mirrored: every GPU of this host (or --cpu-devices); multi-worker: the cluster in TF_CONFIG, "
+                        "one process per worker running this same command (scripts/launch_workers.py on one host) "
+                        "(default: none)")
+    g.add_argument("--cpu-devices", type=_positive, default=None,
+                   help="mirrored: split the CPU into N logical devices instead of using GPUs (for checking)")
+    g.add_argument("--peer-timeout", type=float, default=None,
+                   help="multi-worker: seconds to wait for every peer at start (default: 60)")
+    g.add_argument("--check-masks", action="store_true", default=None,
+                   help="count pruned weights that are not exactly 0 on any replica after every training step")
+    g.add_argument("--checkpoints", default=None, metavar="DIR",
+                   help="save each finished stage here (the chief only), so --resume can continue")
+    g.add_argument("--resume", action="store_true", help="continue after the last finished stage in --checkpoints")
+
+
 #: Compression flag (argparse dest) -> Recipe.from_options option.
 _RECIPE_FLAGS = {"method": "method", "rate": "rate", "criterion": "criterion", "layer_rates": "layer_rates",
                  "prune_schedule": "schedule", "fine_tune_epochs": "fine_tune_epochs", "lr_schedule": "lr_schedule",
                  "batch_size": "batch_size", "seed": "seed", "bits": "bits", "init": "init",
                  "centroid_epochs": "centroid_epochs", "index_bits": "index_bits", "coder": "coder",
                  "qat_epochs": "qat_epochs", "qat_learning_rate": "qat_learning_rate",
-                 "qat_weight_bits": "qat_weight_bits", "qat_distill": "qat_distill"}
+                 "qat_weight_bits": "qat_weight_bits", "qat_distill": "qat_distill",
+                 # edgecomp compress's distribution flags (add_distribute)
+                 "distribute": "distribute", "cpu_devices": "cpu_devices", "peer_timeout": "peer_timeout",
+                 "check_masks": "check_masks"}
 _STRUCTURED_FLAGS = {"channels": "channels", "target_macs": "target_macs", "target_latency": "target_latency",
                      "latency_profile": "latency_profile", "importance": "importance", "channel_ranking": "ranking",
                      "round_to": "round_to", "structured_steps": "structured_steps",

@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from edgecomp import codec, pruning, store, train
+from edgecomp import codec, distribute, pruning, store, train
 from edgecomp.errors import EdgecompError
 from edgecomp.io import write_bytes
 from edgecomp.pruning_config import Gradual, Iterative
@@ -48,6 +48,8 @@ class CompressedModel:
     #: The QAT stage's model (int8 simulated; its int8 exports use the trained ranges) and record.
     qat_model: object = None
     qat: dict | None = None
+    #: Where training ran (:meth:`edgecomp.distribute.Session.summary`); None on one device.
+    distribute: dict | None = None
 
     @property
     def macs(self) -> int:
@@ -246,6 +248,9 @@ def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: 
             exports and times the real file; the core itself runs no runtime).
         **options: flat options over the recipe, parsed once (:meth:`Recipe.from_options`):
             ``rate``, ``method``, ``criterion``, ``layer_rates``, ``schedule``, ``bits``, ...
+            With ``distribute="mirrored"`` or ``"multi-worker"`` every training stage runs under
+            that ``tf.distribute`` strategy (:mod:`edgecomp.distribute`); ``result.model`` is then
+            a copy made under it, and ``result.distribute`` says where and how fast it trained.
 
     Example:
         >>> result = compress(model, ds, rate=0.8)                               # the seed's method
@@ -257,6 +262,17 @@ def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: 
         recipe = Recipe.from_config(recipe)
     if options or recipe is None:
         recipe = Recipe.from_options(recipe, **options)
+    with distribute.session(recipe.distribute) as ses:
+        if ses is not None:
+            ses.check_batch(recipe.fine_tune.batch_size)
+            model = ses.adopt(model)
+        result = _compress(model, data, recipe, verbose=verbose, info=info, checkpoints=checkpoints, measure=measure)
+        if ses is not None:
+            result.distribute = ses.summary()
+    return result
+
+
+def _compress(model, data, recipe: Recipe, *, verbose, info, checkpoints, measure) -> CompressedModel:
     x, y = _xy(data)
     history: list[dict] = []
     _check_rules(model, recipe)  # structured pruning keeps layer names: a typo fails before any work

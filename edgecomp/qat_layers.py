@@ -27,8 +27,8 @@ import contextlib
 
 import numpy as np
 
+from edgecomp.distribute import sync_range
 from edgecomp.errors import EdgecompError
-
 from edgecomp.qat import WEIGHTED
 
 
@@ -118,6 +118,7 @@ class FakeQuant(_layer_base()):
         if training and self.fixed is None:
             lo = ops.minimum(ops.min(ops.stop_gradient(x)), 0.0)
             hi = ops.maximum(ops.max(ops.stop_gradient(x)), 0.0)
+            lo, hi = sync_range(lo, hi)   # over the global batch when training on several replicas
             first = ops.equal(self.seen, 0.0)
             self.min.assign(ops.where(first, lo, self.decay * self.min + (1 - self.decay) * lo))
             self.max.assign(ops.where(first, hi, self.decay * self.max + (1 - self.decay) * hi))

@@ -143,11 +143,12 @@ class Coding(Config):
             raise EdgecompError(f"unknown entropy coder '{self.coder}'", fix=f"use one of: {', '.join(CODERS)}")
 
 
+from edgecomp.distribute import Distribute  # noqa: E402  (how the training stages are spread; no Keras)
 from edgecomp.qat import QAT  # noqa: E402  (the QAT stage's config; imports no Keras)
 
 #: Stage configs by field name, for :meth:`Recipe.from_config`; later stages register here.
 STAGES: dict[str, type] = {"pruning": Pruning, "fine_tune": FineTune, "sharing": Sharing, "qat": QAT,
-                           "coding": Coding}
+                           "coding": Coding, "distribute": Distribute}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +165,8 @@ class Recipe(Config):
     structured: object = None
     qat: QAT | None = None
     seed: int = 0
+    #: Where every training stage runs (not a stage: the result is the single-process one).
+    distribute: Distribute = Distribute()
     ORDER: ClassVar[tuple] = ("structured", "pruning", "sharing", "qat", "coding")
 
     def __post_init__(self):
@@ -234,7 +237,8 @@ class Recipe(Config):
         ``lr_schedule``, ``bits`` (``"conv=8,dense=5"``, an int or a dict), ``init``,
         ``centroid_epochs``, ``index_bits``, ``coder``, ``seed``, the structured stage's
         (:data:`STRUCTURED_OPTIONS`) and QAT's (``qat_epochs``, ``qat_learning_rate``,
-        ``qat_weight_bits``, ``qat_distill``).
+        ``qat_weight_bits``, ``qat_distill``) and where training runs (``distribute``: ``none``,
+        ``mirrored`` or ``multi-worker``; ``cpu_devices``, ``peer_timeout``, ``check_masks``).
         """
         from edgecomp.pruning import parse_rates
         from edgecomp.weight_sharing import parse_bits
@@ -274,8 +278,11 @@ class Recipe(Config):
         if picked:
             from edgecomp.structured_stage import structured_from_options
             structured = structured_from_options(structured, **picked)
+        dist = base.distribute
+        if any(k in o for k in _DISTRIBUTE):
+            dist = Distribute(**{**dist.get_config(), **{f: o[k] for k, f in _DISTRIBUTE.items() if k in o}})
         return cls(pruning=pruning, fine_tune=fine_tune, sharing=sharing, coding=coding,
-                   structured=structured, qat=qat, seed=o.get("seed", base.seed))
+                   structured=structured, qat=qat, seed=o.get("seed", base.seed), distribute=dist)
 
 
 _PRUNING = {"rate": "rate", "criterion": "criterion", "schedule": "schedule", "layer_rates": "layer_rates",
@@ -287,8 +294,12 @@ _CODING = {"index_bits": "index_bits", "coder": "coder"}
 #: The QAT stage's options (``qat_epochs=0`` drops the stage).
 _QAT = {"qat_epochs": "epochs", "qat_learning_rate": "learning_rate", "qat_weight_bits": "weight_bits",
         "qat_distill": "distill"}
+#: Where the training stages run (:class:`edgecomp.distribute.Distribute`).
+_DISTRIBUTE = {"distribute": "strategy", "cpu_devices": "cpu_devices", "peer_timeout": "peer_timeout",
+               "check_masks": "check_masks"}
 #: The structured stage's flat options (see :mod:`edgecomp.structured_stage`).
 STRUCTURED_OPTIONS = ("channels", "layer_channels", "target_macs", "target_latency", "latency_profile",
                       "importance", "ranking", "round_to", "structured_steps", "structured_epochs", "distill",
                       "bn_sparsity")
-OPTIONS = (*_PRUNING, "method", *_FINE_TUNE, "bits", *_SHARING, *_CODING, "seed", *STRUCTURED_OPTIONS, *_QAT)
+OPTIONS = (*_PRUNING, "method", *_FINE_TUNE, "bits", *_SHARING, *_CODING, "seed", *STRUCTURED_OPTIONS, *_QAT,
+           *_DISTRIBUTE)

@@ -72,14 +72,25 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 64, seed: int = 0, ve
 
     ``lr_schedule="cosine"`` decays Adam's rate from ``learning_rate`` to 0 over the call;
     ``loss`` / ``metrics`` replace the integer-label cross-entropy and accuracy (distillation).
+    Inside :func:`edgecomp.distribute.session`, ``batch_size`` is the global batch, split over
+    the replicas (the model's variables must have been made under its strategy).
     """
+    from edgecomp import distribute
+
     reset_rng(model, seed)
     steps = max(0, epochs) * int(np.ceil(len(x) / batch_size))
-    compile_model(model, learning_rate_for(learning_rate, lr_schedule, steps), loss=loss, metrics=metrics)
+    rate = learning_rate_for(learning_rate, lr_schedule, steps)
+    compile_model(model, rate, loss=loss, metrics=metrics)
     if epochs <= 0:
         return {}
-    return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=_progress(verbose), shuffle=True,
-                     callbacks=callbacks).history
+    ses = distribute.active()
+    if ses is None:
+        return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=_progress(verbose), shuffle=True,
+                         callbacks=callbacks).history
+    callbacks = list(callbacks or []) + ([ses.mask_check_callback(model)] if ses.config.check_masks else [])
+    with ses.training(model, samples=len(x), batch_size=batch_size, epochs=epochs, learning_rate=rate):
+        return model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=_progress(verbose), shuffle=True,
+                         callbacks=callbacks).history
 
 
 def predict(model, x, batch_size: int = 256) -> np.ndarray:

@@ -16,6 +16,8 @@ Numpy for the clustering; TensorFlow only inside :func:`fine_tune_centroids`.
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import sys
 
@@ -214,12 +216,17 @@ def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs:
         return [tf.gather(tf.concat([centroids[p].value, zero], 0), index[p]) if p in shared else v.value
                 for p, v in zip(paths, trainable)]
 
-    @tf.function
-    def step(xb, yb):
+    from edgecomp import distribute
+    ses = distribute.active()
+    replicas = ses.replicas if ses else 1
+
+    def replica_step(xb, yb, scale):
         with tf.GradientTape() as tape:
             non_trainable = [v.value for v in model.non_trainable_variables]
             pred, new_non_trainable = model.stateless_call(kernel_values(), non_trainable, xb, training=True)
-            loss = tf.reduce_mean(loss_fn(yb, pred))   # a plain loss function gives one value per sample
+            # a plain loss function gives one value per sample; ``scale`` (this replica's share of
+            # the global batch) makes the optimizer's sum over replicas the global batch's mean
+            loss = tf.reduce_mean(loss_fn(yb, pred)) * scale
         # gather's gradient is IndexedSlices (the per-weight gradients, one row each); densifying
         # sums the rows per centroid: the paper's rule.
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, [v.value for v in train_vars])]
@@ -228,22 +235,46 @@ def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs:
             var.assign(value)
         return loss
 
+    @tf.function
+    def step(xb, yb):
+        return replica_step(xb, yb, tf.constant(1.0))
+
+    @tf.function
+    def distributed_step(xs, ys, scales):
+        losses = ses.strategy.run(replica_step, args=(xs, ys, scales))
+        return ses.strategy.reduce("SUM", losses, axis=None)
+
+    def run_step(xb, yb):
+        if ses is None:
+            return step(tf.constant(xb), tf.constant(yb))
+        n = len(xb)
+        parts = distribute.replica_slices(n, replicas)
+
+        def part(ctx):   # each replica's rows of the global batch (its global id on a multi-worker cluster)
+            a, b = parts[ctx.replica_id_in_sync_group]
+            return tf.constant(xb[a:b]), tf.constant(yb[a:b]), tf.constant((b - a) / n, tf.float32)
+        return distributed_step(*ses.strategy.experimental_distribute_values_from_function(part))
+
     x = np.asarray(x, np.float32)
     y = np.asarray(y)
     rng = np.random.default_rng(seed)
     history = []
-    for epoch in range(epochs):
-        order = rng.permutation(len(x))
-        n_steps = int(np.ceil(len(x) / batch_size))
-        bar = keras.utils.Progbar(n_steps, verbose=verbose if sys.stdout.isatty() else (2 if verbose else 0))
-        if verbose:
-            print(f"{title} epoch {epoch + 1}/{epochs}", flush=True)
-        losses = []
-        for i in range(n_steps):
-            sel = order[i * batch_size:(i + 1) * batch_size]
-            losses.append(float(step(tf.constant(x[sel]), tf.constant(y[sel]))))
-            bar.update(i + 1, [("loss", losses[-1])])
-        history.append(float(np.mean(losses)))
+    guard = (ses.training(model, samples=len(x), batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
+                          title=title) if ses else contextlib.nullcontext())
+    with guard:
+        for epoch in range(epochs):
+            order = rng.permutation(len(x))
+            # a last batch smaller than the replica count would leave a replica empty: dropped
+            n_steps = int(np.ceil(len(x) / batch_size)) - (0 < len(x) % batch_size < replicas)
+            bar = keras.utils.Progbar(n_steps, verbose=verbose if sys.stdout.isatty() else (2 if verbose else 0))
+            if verbose:
+                print(f"{title} epoch {epoch + 1}/{epochs}", flush=True)
+            losses = []
+            for i in range(n_steps):
+                sel = order[i * batch_size:(i + 1) * batch_size]
+                losses.append(float(run_step(x[sel], y[sel])))
+                bar.update(i + 1, [("loss", losses[-1])])
+            history.append(float(np.mean(losses)))
     # Write the trained centroids back: codebooks and the model's kernels.
     for p, st in shared.items():
         st.codebook = centroids[p].numpy().astype(np.float32)

@@ -1,0 +1,420 @@
+"""Fine-tuning under ``tf.distribute``: every training stage of a recipe on several devices or machines.
+
+``Recipe(distribute=Distribute("mirrored"))`` trains on every GPU of one host (or, for tests, on a
+CPU split into logical devices); ``Distribute("multi-worker")`` trains on every worker of the
+cluster ``TF_CONFIG`` describes, as Kubernetes operators and Slurm's cluster resolvers set it
+(``scripts/launch_workers.py`` does the same on one host). Every worker runs the same command:
+
+    >>> recipe = Recipe.from_options(rate=0.8, distribute="multi-worker")
+    >>> result = compress(model, data, recipe)         # on every worker, with its TF_CONFIG
+    >>> if distribute.is_chief(): result.save("vgg.ecz")
+
+What it guarantees:
+- One global batch (``batch_size``) is split over the replicas; the optimizer sums the replicas'
+  gradients, so a step is the single-process step. BatchNorm layers use the global batch's
+  statistics while training (Keras's ``synchronized``), so moving statistics match too.
+  QAT's activation ranges take the global batch's min/max. The centroid gradient (the sum over
+  each centroid's weights) is summed over replicas after the per-replica sums.
+- Masks are constraints applied in each replica's update, so pruned weights stay exactly 0 on every
+  replica (``check_masks`` verifies it after every step, on every local copy).
+- Only the chief writes (``is_chief``); the others compute the same state.
+- A lost peer stops the rest within about 20 s (TF's health check, tuned in
+  :mod:`edgecomp.distribute_compat`) with :class:`PeerLost`, whose message says how to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from edgecomp.errors import EdgecompError, first_line
+from edgecomp.pruning_config import Config
+
+STRATEGIES = ("none", "mirrored", "multi-worker")
+#: Task types a MultiWorkerMirroredStrategy cluster may hold.
+TASK_TYPES = ("chief", "worker")
+
+
+class PeerLost(EdgecompError):
+    """A peer worker stopped or could not be reached while training (exit code 3)."""
+
+    exit_code = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribute(Config):
+    """How the fine-tuning stages are spread over devices.
+
+    Args:
+        strategy: ``none``; ``mirrored`` (one host, every GPU, or ``cpu_devices`` logical CPUs);
+            ``multi-worker`` (the cluster in ``TF_CONFIG``).
+        cpu_devices: ``mirrored`` only: split the CPU into this many logical devices (no GPU
+            needed; for tests and for checking a recipe before a GPU run). 0: the GPUs.
+        peer_timeout: ``multi-worker``: seconds to wait for every peer at start.
+        check_masks: after every training step, read every replica's copy of each masked kernel
+            and count pruned weights that are not exactly 0 (reported; costs a read per step).
+
+    Example:
+        >>> Distribute("mirrored", cpu_devices=2).get_config()["strategy"]
+        'mirrored'
+    """
+
+    strategy: str = "none"
+    cpu_devices: int = 0
+    peer_timeout: float = 60.0
+    check_masks: bool = False
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise EdgecompError(f"unknown distribution strategy '{self.strategy}'",
+                                fix=f"use one of: {', '.join(STRATEGIES)}")
+        n = self.cpu_devices
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n == 1:
+            raise EdgecompError(f"--cpu-devices must be 0 (use the GPUs) or a whole number >= 2, got {n!r}",
+                                fix="e.g. --cpu-devices 2")
+        if n and self.strategy != "mirrored":
+            raise EdgecompError("--cpu-devices splits one host's CPU for --distribute mirrored",
+                                fix="add --distribute mirrored, or drop --cpu-devices")
+        try:
+            timeout = float(self.peer_timeout)
+        except (TypeError, ValueError):
+            timeout = float("nan")
+        if not 1 <= timeout <= 3600:
+            raise EdgecompError(f"--peer-timeout must be 1..3600 seconds, got {self.peer_timeout!r}",
+                                fix="e.g. --peer-timeout 60")
+        object.__setattr__(self, "peer_timeout", timeout)
+        object.__setattr__(self, "check_masks", bool(self.check_masks))
+
+    @property
+    def enabled(self) -> bool:
+        return self.strategy != "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """The cluster ``TF_CONFIG`` describes: addresses by task type, and this process's task."""
+
+    jobs: dict
+    task_type: str
+    task_index: int
+
+    @property
+    def address(self) -> str:
+        return self.jobs[self.task_type][self.task_index]
+
+    @property
+    def size(self) -> int:
+        return sum(len(v) for v in self.jobs.values())
+
+    @property
+    def is_chief(self) -> bool:
+        """The chief task, or worker 0 when the cluster has none (TF's rule)."""
+        if "chief" in self.jobs:
+            return self.task_type == "chief"
+        return self.task_index == 0
+
+    def peers(self) -> list[str]:
+        return [a for t, addrs in self.jobs.items() for i, a in enumerate(addrs)
+                if (t, i) != (self.task_type, self.task_index)]
+
+
+def _address(text) -> bool:
+    if not isinstance(text, str) or text.count(":") < 1:
+        return False
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
+
+
+def cluster_from_env(environ=None) -> Cluster:
+    """Parse and check ``TF_CONFIG``; raise EdgecompError naming what is wrong.
+
+    Example:
+        >>> cluster_from_env({"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:2222"]}, '
+        ...                   '"task": {"type": "worker", "index": 0}}'}).is_chief
+        True
+    """
+    env = os.environ if environ is None else environ
+    fix = "start the workers with scripts/launch_workers.py, or set TF_CONFIG as your cluster launcher does"
+    text = env.get("TF_CONFIG")
+    if not text:
+        raise EdgecompError("--distribute multi-worker needs TF_CONFIG (the cluster and this worker's task), "
+                            "which is not set", fix=fix)
+    try:
+        cfg = json.loads(text)
+    except ValueError as exc:
+        raise EdgecompError(f"TF_CONFIG is not valid JSON ({first_line(exc)})", fix=fix) from None
+    cluster = cfg.get("cluster") if isinstance(cfg, dict) else None
+    task = cfg.get("task") if isinstance(cfg, dict) else None
+    if not isinstance(cluster, dict) or not cluster:
+        raise EdgecompError("TF_CONFIG has no 'cluster' mapping of task types to address lists", fix=fix)
+    bad = sorted(set(cluster) - set(TASK_TYPES))
+    if bad:
+        raise EdgecompError(f"TF_CONFIG's cluster has task type '{bad[0]}', which multi-worker training does not use",
+                            fix=f"list only {' and '.join(TASK_TYPES)} tasks")
+    for kind, addrs in cluster.items():
+        if not isinstance(addrs, list) or not addrs or not all(_address(a) for a in addrs):
+            raise EdgecompError(f"TF_CONFIG's cluster '{kind}' must be a list of 'host:port' addresses, got {addrs!r}"[:200],
+                                fix=fix)
+    if len(cluster.get("chief", [])) > 1:
+        raise EdgecompError("TF_CONFIG's cluster has more than one chief", fix="list one chief address")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise EdgecompError(f"TF_CONFIG's task {task!r} names no task type of its cluster"[:200],
+                            fix="set task to {\"type\": \"worker\", \"index\": N}")
+    index = task.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+        raise EdgecompError(f"TF_CONFIG's task index {index!r} is not in 0..{len(cluster[task['type']]) - 1}",
+                            fix="give each worker its own index into the cluster's list")
+    return Cluster({k: list(v) for k, v in cluster.items()}, task["type"], index)
+
+
+#: The one strategy of this process (TF allows one multi-worker strategy, made before any op).
+_MADE: dict = {}
+
+
+def strategy_for(config: Distribute):
+    """The ``tf.distribute`` strategy for ``config`` (None for ``none``), made once per process.
+
+    Call it before TensorFlow runs anything when the strategy is ``multi-worker`` or splits the
+    CPU (``edgecomp compress`` does); :func:`compress` calls it too.
+    """
+    if not config.enabled:
+        return None
+    key = (config.strategy, config.cpu_devices)
+    if _MADE:
+        if _MADE["key"] != key:
+            raise EdgecompError(f"this process already trains with --distribute {_MADE['key'][0]}",
+                                fix="use one distribution setting per process")
+        return _MADE["strategy"]
+    import tensorflow as tf
+
+    from edgecomp import distribute_compat
+    cluster = None
+    if config.strategy == "mirrored":
+        strategy = tf.distribute.MirroredStrategy(_mirrored_devices(config))
+    else:
+        cluster = cluster_from_env()
+        distribute_compat.tune_health_check(config.peer_timeout)
+        try:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy(
+                communication_options=tf.distribute.experimental.CommunicationOptions(
+                    implementation=tf.distribute.experimental.CommunicationImplementation.RING))
+        except RuntimeError as exc:
+            if "Timeout waiting for the cluster" in str(exc):
+                raise EdgecompError(
+                    f"{cluster.task_type} {cluster.task_index} ({cluster.address}) could not reach its peers "
+                    f"{', '.join(cluster.peers())} within {config.peer_timeout:g} s",
+                    fix="start every worker of TF_CONFIG's cluster, check the addresses, or raise --peer-timeout") from None
+            if "must be configured at program startup" in str(exc) or "initialized" in str(exc):
+                raise EdgecompError("multi-worker training must be set up before TensorFlow runs anything",
+                                    fix="call edgecomp.distribute.strategy_for(config) first in your program") from None
+            raise
+        except tf.errors.OpError as exc:
+            raise EdgecompError(f"{cluster.task_type} {cluster.task_index} could not serve on {cluster.address} "
+                                f"({first_line(exc)})", fix="free the port, or give this worker another address") from None
+    distribute_compat.patch_keras_fit()
+    _MADE.update(key=key, strategy=strategy, cluster=cluster)
+    return strategy
+
+
+def prepare(config: Distribute, batch_size: int):
+    """Make the strategy now (TF_CONFIG checked, peers reached) and check the global batch; the
+    CLI's first step, so a mistake stops before anything is loaded or written."""
+    strategy = strategy_for(config)
+    if strategy is not None:
+        Session(config, strategy).check_batch(batch_size)
+    return strategy
+
+
+def _mirrored_devices(config: Distribute):
+    import tensorflow as tf
+    if config.cpu_devices:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
+        except RuntimeError:
+            if len(tf.config.list_logical_devices("CPU")) != config.cpu_devices:
+                raise EdgecompError("the CPU can be split into logical devices only before TensorFlow runs anything",
+                                    fix="call edgecomp.distribute.strategy_for(config) first in your program") from None
+        return [d.name for d in tf.config.list_logical_devices("CPU")][:config.cpu_devices]
+    if not tf.config.list_physical_devices("GPU"):
+        raise EdgecompError("--distribute mirrored found no GPU on this host",
+                            fix="run it where GPUs are, or pass --cpu-devices 2 to split the CPU (for checking)")
+    return None
+
+
+def is_chief() -> bool:
+    """Whether this process writes outputs: always, except on a non-chief multi-worker task."""
+    cluster = _MADE.get("cluster")
+    return cluster is None or cluster.is_chief
+
+
+def worker_name() -> str:
+    cluster = _MADE.get("cluster")
+    if cluster is None:
+        return "single process"
+    return f"{cluster.task_type} {cluster.task_index} of {cluster.size}"
+
+
+class Session:
+    """The active distribution: its strategy, and what the training runs did (for the report)."""
+
+    def __init__(self, config: Distribute, strategy):
+        self.config = config
+        self.strategy = strategy
+        self.replicas = int(strategy.num_replicas_in_sync)
+        self.runs: list[dict] = []
+        self.mask_steps = 0
+        self.mask_nonzero = 0
+
+    def check_batch(self, batch_size: int) -> None:
+        if batch_size % self.replicas:
+            raise EdgecompError(f"the global batch of {batch_size} does not divide by the {self.replicas} replicas",
+                                fix=f"use a --batch-size that is a multiple of {self.replicas}")
+
+    def adopt(self, model):
+        """``model`` with its variables made under the strategy (a clone with the same weights and
+        layer names when they were made outside it)."""
+        if not model.weights or _distributed(model.weights[0]):
+            return model
+        import keras
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        return clone
+
+    @contextlib.contextmanager
+    def training(self, model, *, samples: int, batch_size: int, epochs: int, learning_rate, title: str = "fit"):
+        """Around one training run: the global batch is checked, BatchNorm synchronised, the time
+        and sample count recorded, and a lost peer turned into :class:`PeerLost`."""
+        import keras
+        self.check_batch(batch_size)
+        bns = [la for la in model._flatten_layers() if isinstance(la, keras.layers.BatchNormalization)
+               and not la.synchronized]
+        for la in bns:
+            la.synchronized = True
+        start = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001  (only TF's peer errors are translated)
+            lost = _peer_error(exc)
+            if lost:
+                raise PeerLost(f"{worker_name()}: a peer worker stopped or became unreachable while training ({lost})",
+                               fix="restart every worker with the same command and --resume (the chief "
+                                   "checkpointed every finished stage)") from None
+            raise
+        finally:
+            for la in bns:
+                la.synchronized = False
+        self.runs.append({"title": title, "samples": int(samples) * int(epochs), "seconds": time.perf_counter() - start,
+                          "global_batch": int(batch_size), "per_replica_batch": int(batch_size) // self.replicas,
+                          "learning_rate": _rate_of(learning_rate)})
+
+    def mask_check_callback(self, model):
+        """A Keras callback counting pruned weights that are not 0 on any replica after each step."""
+        import keras
+
+        from edgecomp.pruning import _MaskConstraint
+        held = [v for v in model.weights if isinstance(v.constraint, _MaskConstraint)]
+        session = self
+
+        class MaskCheck(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                session.mask_steps += 1
+                for var in held:
+                    pruned = var.constraint.mask.numpy() == 0   # read each step: a schedule may move it
+                    for value in _local_values(var):
+                        session.mask_nonzero += int(np.count_nonzero(value.numpy()[pruned]))
+        return MaskCheck()
+
+    def summary(self) -> dict:
+        seconds = sum(r["seconds"] for r in self.runs)
+        samples = sum(r["samples"] for r in self.runs)
+        cluster = _MADE.get("cluster")
+        out = {"strategy": self.config.strategy, "worker": worker_name(),
+               "workers": cluster.size if cluster else 1, "replicas": self.replicas, "runs": self.runs,
+               "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds if seconds else None}
+        if self.config.check_masks:
+            out["mask_check"] = {"steps": self.mask_steps, "nonzero_pruned": self.mask_nonzero}
+        return out
+
+
+_ACTIVE: list[Session] = []
+
+
+def active() -> Session | None:
+    """The session :func:`session` opened, or None (single device)."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+@contextlib.contextmanager
+def session(config: Distribute | None):
+    """Train under ``config``'s strategy inside the block (nothing changes for ``none``)."""
+    if config is None or not config.enabled:
+        yield None
+        return
+    strategy = strategy_for(config)
+    ses = Session(config, strategy)
+    with strategy.scope():
+        _ACTIVE.append(ses)
+        try:
+            yield ses
+        finally:
+            _ACTIVE.pop()
+
+
+def sync_range(lo, hi):
+    """``(min, max)`` over the global batch: each replica's batch min/max reduced over replicas
+    (no-op on one replica). For QAT's moving ranges."""
+    import tensorflow as tf
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return lo, hi
+    both = ctx.all_gather(tf.stack([tf.reshape(lo, []), tf.reshape(hi, [])])[None], axis=0)
+    return tf.reduce_min(both[:, 0]), tf.reduce_max(both[:, 1])
+
+
+def replica_slices(n: int, replicas: int) -> list[tuple[int, int]]:
+    """How a global batch of ``n`` samples is split: replica r takes rows ``[a, b)``."""
+    return [(r * n // replicas, (r + 1) * n // replicas) for r in range(replicas)]
+
+
+def digest(model) -> str:
+    """sha256 of every weight of ``model`` (in path order), to compare workers' final states."""
+    import hashlib
+    h = hashlib.sha256()
+    for v in sorted(model.weights, key=lambda v: v.path):
+        h.update(v.path.encode())
+        h.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _distributed(var) -> bool:
+    import tensorflow as tf
+    return isinstance(getattr(var, "value", var), tf.distribute.DistributedValues)
+
+
+def _local_values(var):
+    value = getattr(var, "value", var)
+    return list(getattr(value, "values", [value]))
+
+
+def _rate_of(learning_rate):
+    try:
+        return float(learning_rate)
+    except TypeError:
+        return {"schedule": type(learning_rate).__name__,
+                "initial": float(getattr(learning_rate, "initial_learning_rate", float("nan")))}
+
+
+def _peer_error(exc) -> str | None:
+    """The first line of ``exc`` when it is TF's report of a lost or unreachable peer."""
+    import tensorflow as tf
+    errors = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
+              tf.errors.AbortedError)
+    if isinstance(exc, errors) or (isinstance(exc, tf.errors.InternalError) and "ollective" in str(exc)):
+        return first_line(exc)[:200]
+    return None
