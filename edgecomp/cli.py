@@ -265,17 +265,21 @@ def _print_distribute(result):
 
     from edgecomp import distribute
     d = result.distribute
-    rates = sorted({str(r["learning_rate"]) for r in d["runs"]})
-    batches = sorted({(r["global_batch"], r["per_replica_batch"]) for r in d["runs"]})
-    print(f"distribute: {d['strategy']} on {d['replicas']} replicas ({d['workers']} worker(s)); global batch "
-          + ", ".join(f"{g} ({b} per replica)" for g, b in batches) + f"; learning rate {', '.join(rates)}; "
-          f"{d['samples']:,} samples in {d['seconds']:.1f} s of training ({d['samples_per_s'] or 0:.0f} samples/s)")
+    if d["runs"]:
+        rates = sorted({str(r["learning_rate"]) for r in d["runs"]})
+        batches = sorted({(r["global_batch"], r["per_replica_batch"]) for r in d["runs"]})
+        where = ("one process" if d["strategy"] == "none" else
+                 f"{d['strategy']} on {d['replicas']} replicas ({d['workers']} worker(s))")
+        print(f"training: {where}; global batch " + ", ".join(f"{g} ({b} per replica)" for g, b in batches)
+              + f"; learning rate {', '.join(rates)}; {d['samples']:,} samples in {d['seconds']:.1f} s "
+              f"({d['samples_per_s'] or 0:.0f} samples/s)")
     if "mask_check" in d:
         m = d["mask_check"]
         print(f"mask check on {d['worker']}: {m['nonzero_pruned']} pruned weights not 0 after {m['steps']} steps "
               "(every local replica)")
-    print(f"digest on {d['worker']}: weights sha256 {distribute.digest(result.model)[:16]}, "
-          f"container sha256 {hashlib.sha256(result.container).hexdigest()[:16]}")
+    if d["strategy"] != "none":
+        print(f"digest on {d['worker']}: weights sha256 {distribute.digest(result.model)[:16]}, "
+              f"container sha256 {hashlib.sha256(result.container).hexdigest()[:16]}")
 
 
 def cmd_analyze(args):

@@ -18,7 +18,7 @@ What it guarantees:
 - Masks are constraints applied in each replica's update, so pruned weights stay exactly 0 on every
   replica (``check_masks`` verifies it after every step, on every local copy).
 - Only the chief writes (``is_chief``); the others compute the same state.
-- A lost peer stops the rest within about 20 s (TF's health check, tuned in
+- A lost peer stops the rest (at once when its connections drop; within about 10 s, the heartbeat set in
   :mod:`edgecomp.distribute_compat`) with :class:`PeerLost`, whose message says how to resume.
 """
 
@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -198,17 +199,13 @@ def strategy_for(config: Distribute):
         strategy = tf.distribute.MirroredStrategy(_mirrored_devices(config))
     else:
         cluster = cluster_from_env()
-        distribute_compat.tune_health_check(config.peer_timeout)
+        distribute_compat.configure_coordination(config.peer_timeout)
+        rendezvous(cluster, config.peer_timeout)
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(
                 communication_options=tf.distribute.experimental.CommunicationOptions(
                     implementation=tf.distribute.experimental.CommunicationImplementation.RING))
         except RuntimeError as exc:
-            if "Timeout waiting for the cluster" in str(exc):
-                raise EdgecompError(
-                    f"{cluster.task_type} {cluster.task_index} ({cluster.address}) could not reach its peers "
-                    f"{', '.join(cluster.peers())} within {config.peer_timeout:g} s",
-                    fix="start every worker of TF_CONFIG's cluster, check the addresses, or raise --peer-timeout") from None
             if "must be configured at program startup" in str(exc) or "initialized" in str(exc):
                 raise EdgecompError("multi-worker training must be set up before TensorFlow runs anything",
                                     fix="call edgecomp.distribute.strategy_for(config) first in your program") from None
@@ -219,6 +216,51 @@ def strategy_for(config: Distribute):
     distribute_compat.patch_keras_fit()
     _MADE.update(key=key, strategy=strategy, cluster=cluster)
     return strategy
+
+
+def _reachable(address: str, timeout: float = 0.5) -> bool:
+    import socket
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def rendezvous(cluster: Cluster, timeout: float) -> None:
+    """Wait until every peer's process answers on its address, for at most ``timeout`` s.
+
+    TF 2.21 waits for the cluster inside the strategy's constructor, in C++, holding the GIL and
+    without a limit (the coordination service's register timeout is not applied there), so the
+    wait is bounded here first, in Python: each worker listens on its own address (freed again
+    before TF serves on it) and connects to every peer. A peer is reached once its listener or
+    its TF server accepts. Raises EdgecompError naming the silent peers.
+    """
+    import socket
+    _, _, port = cluster.address.rpartition(":")
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", int(port)))
+        listener.listen(64)
+    except OSError as exc:
+        listener.close()
+        raise EdgecompError(f"{cluster.task_type} {cluster.task_index} could not serve on {cluster.address} "
+                            f"({exc.strerror or exc})", fix="free the port, or give this worker another address") from None
+    pending = cluster.peers()
+    deadline = time.monotonic() + timeout
+    try:
+        while pending and time.monotonic() < deadline:
+            pending = [a for a in pending if not _reachable(a)]
+            if pending:
+                time.sleep(0.2)
+    finally:
+        listener.close()
+    if pending:
+        raise EdgecompError(f"{cluster.task_type} {cluster.task_index} ({cluster.address}) could not reach its peers "
+                            f"within {timeout:g} s (no answer from {', '.join(pending)})",
+                            fix="start every worker of TF_CONFIG's cluster, check the addresses, or raise --peer-timeout")
 
 
 def prepare(config: Distribute, batch_size: int):
@@ -261,12 +303,13 @@ def worker_name() -> str:
 
 
 class Session:
-    """The active distribution: its strategy, and what the training runs did (for the report)."""
+    """Where training runs (a strategy, or None on one device) and what each training run did:
+    samples, seconds, global batch, learning rate (for the report)."""
 
-    def __init__(self, config: Distribute, strategy):
+    def __init__(self, config: Distribute, strategy=None):
         self.config = config
         self.strategy = strategy
-        self.replicas = int(strategy.num_replicas_in_sync)
+        self.replicas = int(strategy.num_replicas_in_sync) if strategy is not None else 1
         self.runs: list[dict] = []
         self.mask_steps = 0
         self.mask_nonzero = 0
@@ -279,7 +322,7 @@ class Session:
     def adopt(self, model):
         """``model`` with its variables made under the strategy (a clone with the same weights and
         layer names when they were made outside it)."""
-        if not model.weights or _distributed(model.weights[0]):
+        if self.strategy is None or not model.weights or _distributed(model.weights[0]):
             return model
         import keras
         clone = keras.models.clone_model(model)
@@ -293,7 +336,7 @@ class Session:
         import keras
         self.check_batch(batch_size)
         bns = [la for la in model._flatten_layers() if isinstance(la, keras.layers.BatchNormalization)
-               and not la.synchronized]
+               and not la.synchronized] if self.strategy is not None else []
         for la in bns:
             la.synchronized = True
         start = time.perf_counter()
@@ -346,19 +389,24 @@ _ACTIVE: list[Session] = []
 
 
 def active() -> Session | None:
-    """The session :func:`session` opened, or None (single device)."""
+    """The session :func:`session` opened (None outside one)."""
     return _ACTIVE[-1] if _ACTIVE else None
+
+
+def active_strategy() -> Session | None:
+    """The open session when it trains under a strategy, else None."""
+    ses = active()
+    return ses if ses is not None and ses.strategy is not None else None
 
 
 @contextlib.contextmanager
 def session(config: Distribute | None):
-    """Train under ``config``'s strategy inside the block (nothing changes for ``none``)."""
-    if config is None or not config.enabled:
-        yield None
-        return
+    """Train under ``config``'s strategy inside the block; with ``none`` training runs as before and
+    is only timed. Yields the :class:`Session`."""
+    config = config or Distribute()
     strategy = strategy_for(config)
     ses = Session(config, strategy)
-    with strategy.scope():
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
         _ACTIVE.append(ses)
         try:
             yield ses
@@ -415,6 +463,11 @@ def _peer_error(exc) -> str | None:
     import tensorflow as tf
     errors = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
               tf.errors.AbortedError)
-    if isinstance(exc, errors) or (isinstance(exc, tf.errors.InternalError) and "ollective" in str(exc)):
-        return first_line(exc)[:200]
-    return None
+    if not (isinstance(exc, errors) or (isinstance(exc, tf.errors.InternalError) and "ollective" in str(exc))):
+        return None
+    text = str(exc)
+    cause = next((line.strip() for line in text.splitlines()
+                  if re.search(r"reset by peer|is down|unhealthy|heartbeat|unreachable|Connection|Deadline|Socket", line)),
+                 first_line(exc))
+    peer = re.search(r"(/job:\w+/replica:\d+/task:\d+)", text)
+    return (cause[:160] + (f"; peer {peer.group(1)}" if peer and peer.group(1) not in cause else ""))

@@ -17,11 +17,12 @@ worker's own first replica batch (its shapes are what the build needs), and scal
 reduced with ``axis=None`` (the mean over every replica of every worker). One-host strategies keep
 Keras's code. ``EDGECOMP_NO_KERAS_MWMS_FIX=1`` leaves Keras alone (the test that shows the bug).
 
-**MultiWorkerMirroredStrategy's health check** (TF 2.4 .. 2.21, private class attributes of
-``CollectiveAllReduceExtended``): by default it waits forever for the cluster at start and checks
-peers every 30 s with three 10 s tries, so a lost worker leaves the rest blocked in an all-reduce
-for up to a minute. :func:`tune_health_check` sets a bounded start-up wait and a 5 s check (the
-survivors stop within about 20 s).
+**MultiWorkerMirroredStrategy's coordination service** (TF 2.21; TF 2.13+ start one by default
+and then skip the Python health check): by default it has no heartbeat or shutdown bound of ours.
+:func:`configure_coordination` sets a 10 s heartbeat (a peer that stops answering, e.g. a frozen
+or partitioned host, is declared lost) and bounds the shutdown barrier. Its cluster-register
+timeout is set too but is not applied while the strategy's constructor waits for the peers, so
+:func:`edgecomp.distribute.rendezvous` bounds that wait in Python first.
 """
 
 from __future__ import annotations
@@ -67,15 +68,26 @@ def patch_keras_fit() -> bool:
     return True
 
 
-#: Seconds between peer health checks, per check, and the tries before a peer counts as lost.
-HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S, HEALTH_TRIES = 5, 5, 2
+def configure_coordination(peer_timeout: float) -> None:
+    """Bound TF's coordination service (TF 2.21's MultiWorkerMirroredStrategy starts one, with no
+    limit on how long the leader waits for the others to register, and then skips the Python
+    health check). Must run before the strategy is made; it reads ``TF_CONFIG`` as the strategy does."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
+    from tensorflow.python.eager import context
+
+    if context.context().coordination_service is not None:
+        return
+    spec = TFConfigClusterResolver().cluster_spec()
+    jobs = [coordination_config_pb2.CoordinatedJob(name=j, num_tasks=spec.num_tasks(j))
+            for j in ("chief", "worker") if j in spec.jobs]
+    ms = int(peer_timeout * 1000)
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        cluster_register_timeout_in_ms=ms, heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_S * 1000,
+        shutdown_barrier_timeout_in_ms=ms, coordinated_jobs=jobs)
 
 
-def tune_health_check(peer_timeout: float) -> None:
-    """Bound MultiWorkerMirroredStrategy's wait for the cluster (``peer_timeout`` s) and its peer checks."""
-    from tensorflow.python.distribute import collective_all_reduce_strategy as cars
-    ext = cars.CollectiveAllReduceExtended
-    ext._check_health_initial_timeout = max(1, int(round(peer_timeout)))
-    ext._check_health_interval = HEALTH_INTERVAL_S
-    ext._check_health_timeout = HEALTH_TIMEOUT_S
-    ext._check_health_retry_limit = HEALTH_TRIES
+#: Seconds without a heartbeat before the coordination service calls a peer lost.
+HEARTBEAT_TIMEOUT_S = 10

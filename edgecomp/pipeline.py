@@ -48,7 +48,7 @@ class CompressedModel:
     #: The QAT stage's model (int8 simulated; its int8 exports use the trained ranges) and record.
     qat_model: object = None
     qat: dict | None = None
-    #: Where training ran (:meth:`edgecomp.distribute.Session.summary`); None on one device.
+    #: Where training ran and how fast (:meth:`edgecomp.distribute.Session.summary`).
     distribute: dict | None = None
 
     @property
@@ -263,12 +263,10 @@ def compress(model, data=None, recipe: Recipe | dict | None = None, *, verbose: 
     if options or recipe is None:
         recipe = Recipe.from_options(recipe, **options)
     with distribute.session(recipe.distribute) as ses:
-        if ses is not None:
-            ses.check_batch(recipe.fine_tune.batch_size)
-            model = ses.adopt(model)
+        ses.check_batch(recipe.fine_tune.batch_size)
+        model = ses.adopt(model)
         result = _compress(model, data, recipe, verbose=verbose, info=info, checkpoints=checkpoints, measure=measure)
-        if ses is not None:
-            result.distribute = ses.summary()
+        result.distribute = ses.summary()
     return result
 
 

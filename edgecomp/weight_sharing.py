@@ -217,7 +217,7 @@ def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs:
                 for p, v in zip(paths, trainable)]
 
     from edgecomp import distribute
-    ses = distribute.active()
+    ses = distribute.active_strategy()
     replicas = ses.replicas if ses else 1
 
     def replica_step(xb, yb, scale):
@@ -259,8 +259,9 @@ def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs:
     y = np.asarray(y)
     rng = np.random.default_rng(seed)
     history = []
-    guard = (ses.training(model, samples=len(x), batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
-                          title=title) if ses else contextlib.nullcontext())
+    timed = distribute.active()
+    guard = (timed.training(model, samples=len(x), batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
+                            title=title) if timed else contextlib.nullcontext())
     with guard:
         for epoch in range(epochs):
             order = rng.permutation(len(x))

@@ -5,7 +5,7 @@
 
 Each worker gets a free port on 127.0.0.1 and its ``TF_CONFIG`` (the whole cluster and its own
 index), and ``TF_NUM_INTRAOP_THREADS`` = cores / N unless set. Every output line is prefixed
-``[worker i]`` and also kept in ``--log-dir``/worker-i.log. When a worker exits with an error,
+``[worker i]`` and also kept in ``--log-dir``/worker-i.log (its pid in worker-i.pid). When a worker exits with an error,
 the launcher waits up to ``--grace`` seconds for the others to stop by themselves (each notices the
 lost peer: :mod:`edgecomp.distribute`), then stops the rest (SIGTERM, then SIGKILL 10 s later).
 It exits with the first failing worker's code (0 when all succeed), and ``--summary`` writes each
@@ -57,7 +57,7 @@ def _pump(stream, index: int, log, lock):
     stream.close()
 
 
-def _stop(procs, started, sig):
+def _stop(procs, sig):
     for p in procs:
         if p.poll() is None:
             try:
@@ -83,6 +83,7 @@ def launch(n: int, command: list[str], *, log_dir: Path, grace: float = 60.0, en
         log = open(log_dir / f"worker-{i}.log", "w")
         p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=wenv,
                              start_new_session=True)
+        (log_dir / f"worker-{i}.pid").write_text(f"{p.pid}\n")   # for an operator (or a fault test) to signal
         t = threading.Thread(target=_pump, args=(p.stdout, i, log, lock), daemon=True)
         t.start()
         procs.append(p)
@@ -104,12 +105,12 @@ def launch(n: int, command: list[str], *, log_dir: Path, grace: float = 60.0, en
                     time.monotonic() - t0 - ended[first_failure] > grace:
                 stopped_at = time.monotonic() - t0
                 print("launch_workers: stopping the remaining workers", flush=True)
-                _stop(procs, t0, signal.SIGTERM)
+                _stop(procs, signal.SIGTERM)
             if stopped_at is not None and time.monotonic() - t0 - stopped_at > 10:
-                _stop(procs, t0, signal.SIGKILL)
+                _stop(procs, signal.SIGKILL)
             time.sleep(0.1)
     except KeyboardInterrupt:
-        _stop(procs, t0, signal.SIGTERM)
+        _stop(procs, signal.SIGTERM)
         for p in procs:
             try:
                 p.wait(10)
