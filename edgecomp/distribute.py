@@ -199,8 +199,8 @@ def strategy_for(config: Distribute):
         strategy = tf.distribute.MirroredStrategy(_mirrored_devices(config))
     else:
         cluster = cluster_from_env()
+        rendezvous(cluster, config.peer_timeout)   # before TF is touched: a failure here leaves it as it was
         distribute_compat.configure_coordination(config.peer_timeout)
-        rendezvous(cluster, config.peer_timeout)
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(
                 communication_options=tf.distribute.experimental.CommunicationOptions(

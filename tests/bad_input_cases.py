@@ -24,6 +24,7 @@ class Case:
     code: int
     message: str                      # must appear in the one-line error
     patch: str | None = None          # a named fault to inject while the case runs
+    env: dict | None = None           # environment variables while the case runs (None: unset)
 
 
 def _tiny_keras(tmp: Path, shape=(28, 28, 1), classes=10, nan=False, name="m.keras") -> Path:
@@ -171,6 +172,27 @@ CASES = [
     Case("qat-container-ranges", "a container whose QAT ranges were tampered with (a range without 0)",
          lambda t: ["export", str(_qat_container(t, bad_range=True)), "--data", "fashion_mnist", "--format", "tflite",
                     "--variants", "int8", "-o", str(t / "x")], 2, "must be finite and hold 0"),
+    Case("multi-worker-no-tf-config", "multi-worker training without TF_CONFIG",
+         lambda t: ["compress", str(_tiny_keras(t)), "--data", "fashion_mnist", "--distribute", "multi-worker",
+                    "-o", str(t / "m.ecz")], 2, "needs TF_CONFIG", env={"TF_CONFIG": None}),
+    Case("multi-worker-bad-tf-config", "multi-worker training with a TF_CONFIG that is not JSON",
+         lambda t: ["compress", str(_tiny_keras(t)), "--data", "fashion_mnist", "--distribute", "multi-worker",
+                    "-o", str(t / "m.ecz")], 2, "TF_CONFIG is not valid JSON", env={"TF_CONFIG": "{cluster: worker"}),
+    Case("multi-worker-bad-task", "multi-worker training with a task index outside the cluster",
+         lambda t: ["compress", str(_tiny_keras(t)), "--data", "fashion_mnist", "--distribute", "multi-worker",
+                    "-o", str(t / "m.ecz")], 2, "task index 5 is not in 0..1",
+         env={"TF_CONFIG": '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", '
+                           '"index": 5}}'}),
+    Case("multi-worker-no-peers", "a worker whose peers never answer (1 s --peer-timeout)",
+         lambda t: ["compress", str(_tiny_keras(t)), "--data", "fashion_mnist", "--distribute", "multi-worker",
+                    "--peer-timeout", "1", "-o", str(t / "m.ecz")], 2, "could not reach its peers within 1 s",
+         env={"TF_CONFIG": "free-ports:2"}),
+    Case("cpu-devices-without-mirrored", "--cpu-devices without --distribute mirrored",
+         lambda t: ["compress", str(_tiny_keras(t)), "--data", "fashion_mnist", "--cpu-devices", "2",
+                    "-o", str(t / "m.ecz")], 2, "--cpu-devices splits one host's CPU"),
+    Case("resume-without-checkpoints", "compress --resume without a checkpoint folder",
+         lambda t: ["compress", str(_tiny_keras(t)), "--data", "fashion_mnist", "--resume",
+                    "-o", str(t / "m.ecz")], 2, "--resume needs --checkpoints"),
     Case("unknown-variant", "an export variant that does not exist",
          lambda t: ["export", str(_tiny_keras(t)), "--data", "fashion_mnist", "--format", "tflite",
                     "--variants", "int3", "-o", str(t / "x")], 2, "variant(s) int3"),
@@ -219,6 +241,22 @@ def run_case(case: Case, tmp: Path) -> dict:
         os.environ["EDGECOMP_DATA"] = str(tmp / "no-data-here")
     if case.patch == "disk-full":
         ec_io.os.fsync = disk_full
+    saved_env = {k: os.environ.get(k) for k in (case.env or {})}
+    for k, v in (case.env or {}).items():
+        if v is None:
+            os.environ.pop(k, None)
+        elif v.startswith("free-ports:"):   # a cluster of this worker and peers that never start
+            import json
+            import socket
+            ports = []
+            for _ in range(int(v.split(":")[1])):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    ports.append(s.getsockname()[1])
+            os.environ[k] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                        "task": {"type": "worker", "index": 0}})
+        else:
+            os.environ[k] = v
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -233,6 +271,11 @@ def run_case(case: Case, tmp: Path) -> dict:
             os.environ.pop("EDGECOMP_DATA", None)
         else:
             os.environ["EDGECOMP_DATA"] = saved["env"]
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     after = {p for p in tmp.rglob("*") if p.is_file()}
     lines = [l.replace(str(tmp), "TMP") for l in err.getvalue().splitlines() if l.strip()]
     return {"code": code, "stderr": err.getvalue(), "lines": lines,
