@@ -202,9 +202,8 @@ def strategy_for(config: Distribute):
         rendezvous(cluster, config.peer_timeout)   # before TF is touched: a failure here leaves it as it was
         distribute_compat.configure_coordination(config.peer_timeout)
         try:
-            strategy = tf.distribute.MultiWorkerMirroredStrategy(
-                communication_options=tf.distribute.experimental.CommunicationOptions(
-                    implementation=tf.distribute.experimental.CommunicationImplementation.RING))
+            # AUTO: NCCL all-reduce between GPUs, TF's ring algorithm on CPUs
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as exc:
             if "must be configured at program startup" in str(exc) or "initialized" in str(exc):
                 raise EdgecompError("multi-worker training must be set up before TensorFlow runs anything",

@@ -65,6 +65,12 @@ class RunConfig:
     command: str = "edgecomp run"
     resume: bool = False
 
+    def __post_init__(self):
+        if self.recipe.distribute.enabled:
+            from edgecomp.errors import EdgecompError
+            raise EdgecompError("the main job (edgecomp run) trains, exports and benchmarks in one process",
+                                fix="distribute the compression with edgecomp compress --distribute")
+
     @property
     def seed(self) -> int:
         """The recipe's seed: the baseline's initial weights and shuffling come from it too."""
