@@ -113,10 +113,16 @@ class Taylor(Importance):
             raise EdgecompError("importance 'taylor' needs data", fix="pass data=(x, y) or a Dataset")
         variables = model.trainable_variables
         totals = {id(v): np.zeros(v.shape, np.float64) for v in variables}
+        # gradients with respect to the weights' values (stateless_call), not the variables: the
+        # same on one device and under a tf.distribute strategy, whose variables have no handle here
+        values = [tf.constant(v.numpy()) for v in variables]
+        fixed = [tf.constant(v.numpy()) for v in model.non_trainable_variables]
         for x, y in _batches(data, self.batches, self.batch_size):
             with tf.GradientTape() as tape:
-                loss = _loss_for(model, deps.graph, y, self.loss)(y, model(x, training=False))
-            for v, g in zip(variables, tape.gradient(loss, variables)):
+                tape.watch(values)
+                pred, _ = model.stateless_call(values, fixed, x, training=False)
+                loss = _loss_for(model, deps.graph, y, self.loss)(y, pred)
+            for v, g in zip(variables, tape.gradient(loss, values)):
                 totals[id(v)] += 0 if g is None else np.asarray(g, np.float64)
         return _accumulate(model, deps, lambda p, v: v.numpy() * totals[id(v)] if id(v) in totals else None, np.abs)
 
