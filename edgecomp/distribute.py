@@ -468,5 +468,6 @@ def _peer_error(exc) -> str | None:
     cause = next((line.strip() for line in text.splitlines()
                   if re.search(r"reset by peer|is down|unhealthy|heartbeat|unreachable|Connection|Deadline|Socket", line)),
                  first_line(exc))
+    cause = re.sub(r"^(Collective ops is aborted by: |Error reported from \S+ )+", "", cause).rstrip(":; ")
     peer = re.search(r"(/job:\w+/replica:\d+/task:\d+)", text)
-    return (cause[:160] + (f"; peer {peer.group(1)}" if peer and peer.group(1) not in cause else ""))
+    return (cause[:200] + (f"; peer {peer.group(1)}" if peer and peer.group(1) not in cause else ""))
