@@ -11,8 +11,11 @@ method chosen for it. Decoding the weights needs numpy only
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from edgecomp.errors import ContainerError, EdgecompError, first_line
 from edgecomp.io import write_bytes
 
 FORMAT_NAME = "edgecomp.ecz"
+_PATCH_LOCK = threading.Lock()   # one guarded rebuild at a time (it wraps Layer.add_weight)
 
 
 def model_weights(model) -> dict[str, np.ndarray]:
@@ -63,12 +67,89 @@ def read_compressed(path: str | os.PathLike) -> bytes:
         raise EdgecompError(f"cannot read {path}: {exc.strerror}", fix="check the file's permissions") from None
 
 
+#: Bounds on a container's model description, checked before Keras builds anything.
+MAX_DESCRIPTION_DEPTH = 64
+#: Layers a description may declare: this many per stored tensor, plus a base (weightless
+#: layers, activations, pools, adds, are a few per weighted one in every family we know).
+LAYERS_PER_TENSOR, LAYERS_BASE = 4, 64
+#: Classes that carry code; refused even where Keras's safe mode would only warn.
+CODE_CLASSES = frozenset({"Lambda", "TFSMLayer", "__lambda__"})
+
+
+def check_description(config, n_tensors: int) -> None:
+    """Refuse a model description that is too deep, declares more layers than the container's
+    tensors can account for, or names a class that is code-bearing, not Keras's own and not
+    registered here. Pure JSON: nothing is built. Raises ContainerError."""
+    import keras
+
+    fix = "pass a .ecz file written by edgecomp compress/run"
+    layers, stack = 0, [(config, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_DESCRIPTION_DEPTH:
+            raise ContainerError(f"the model description nests deeper than {MAX_DESCRIPTION_DEPTH} levels", fix=fix)
+        if isinstance(obj, dict):
+            name = obj.get("class_name")
+            if isinstance(name, str):
+                module, registered = obj.get("module"), obj.get("registered_name")
+                if name in CODE_CLASSES:
+                    raise ContainerError(f"the model description holds a {name} (code), which a container never "
+                                         "carries", fix=fix)
+                if module is not None and not (isinstance(module, str) and module.split(".")[0] == "keras"):
+                    if not (isinstance(registered, str) and keras.saving.get_registered_object(registered)):
+                        raise ContainerError(f"the model description names class {str(name)[:60]!r} of module "
+                                             f"{str(module)[:60]!r}, which is neither Keras's nor registered here",
+                                             fix="register the custom layer (keras.saving.register_keras_serializable) "
+                                                 "before decoding, or pass a container of Keras layers")
+                if isinstance(obj.get("config"), dict) and ("inbound_nodes" in obj or "build_config" in obj):
+                    layers += 1
+            stack.extend((v, depth + 1) for v in obj.values() if isinstance(v, (dict, list)))
+        elif isinstance(obj, list):
+            stack.extend((v, depth + 1) for v in obj if isinstance(v, (dict, list)))
+    limit = LAYERS_PER_TENSOR * n_tensors + LAYERS_BASE
+    if layers > limit:
+        raise ContainerError(f"the model description declares {layers} layers for {n_tensors} stored tensors "
+                             f"(at most {limit})", fix=fix)
+
+
+@contextlib.contextmanager
+def _weights_held_by(shapes: list[tuple]):
+    """While Keras rebuilds a model, refuse (before it is allocated) any weight whose shape is
+    not one of the container's stored tensors, each usable once: a description can only make
+    the loader allocate what the file holds."""
+    from keras.src.layers.layer import Layer
+
+    left = collections.Counter(tuple(int(d) for d in s) for s in shapes)
+    original, owner = Layer.add_weight, threading.get_ident()
+
+    def add_weight(self, *args, shape=None, **kwargs):
+        if threading.get_ident() != owner:   # another thread building its own model: not ours to check
+            return original(self, *args, shape=shape, **kwargs)
+        given = shape if shape is not None else (args[0] if args and not isinstance(args[0], str) else ())
+        want = tuple(int(d) for d in given)
+        if left[want] <= 0:
+            raise ContainerError(f"the model description makes layer {self.name!r} allocate a weight of shape "
+                                 f"{list(want)}, which the container does not hold",
+                                 fix="re-create the container; its description and tensors disagree")
+        left[want] -= 1
+        return original(self, *args, shape=shape, **kwargs)
+
+    with _PATCH_LOCK:
+        Layer.add_weight = add_weight
+        try:
+            yield
+        finally:
+            Layer.add_weight = original
+
+
 def decode_model(data: bytes, qat: bool = True):
     """Rebuild the Keras model stored in container bytes (safe mode) and set its weights.
 
     A container from a run with quantization-aware training decodes to its QAT model (the
     float layers with the stored activation ranges: int8 simulated, exporting int8 on them);
-    ``qat=False`` gives the float model.
+    ``qat=False`` gives the float model. The description is bounded before anything is built
+    (:func:`check_description`), and while Keras builds it no layer may allocate a weight the
+    container does not hold.
     """
     import keras
 
@@ -76,8 +157,12 @@ def decode_model(data: bytes, qat: bool = True):
     if meta.get("format") != FORMAT_NAME or not isinstance(meta.get("keras_config"), dict):
         raise ContainerError("container holds no edgecomp model description",
                              fix="pass a .ecz file written by edgecomp compress/run")
+    check_description(meta["keras_config"], len(weights))
     try:
-        model = keras.saving.deserialize_keras_object(meta["keras_config"], safe_mode=True)
+        with _weights_held_by([w.shape for w in weights.values()]):
+            model = keras.saving.deserialize_keras_object(meta["keras_config"], safe_mode=True)
+    except ContainerError:
+        raise
     except Exception as exc:  # Keras raises many types for a bad config
         raise ContainerError(f"cannot rebuild the model from the container: {first_line(exc)}",
                              fix="decode it with the edgecomp and Keras versions that wrote it") from None

@@ -8,7 +8,9 @@ else is a crash (saved as a reproducer), a decode over ``--hang-s`` is a hang. M
 each decode's peak allocation is traced (tracemalloc sees numpy's buffers) and compared
 with the input size; the address space is capped so a runaway allocation fails loudly.
 Half the mutations re-compute the section and header checksums, so they reach the
-record and stream parsers instead of stopping at the CRC check. With ``--atheris N``
+record and stream parsers instead of stopping at the CRC check. ``--describe N`` adds N
+structure-aware mutations of real models' descriptions (sizes, classes, nesting, node references,
+shared layers, keys and types) in otherwise valid containers, decoded by ``store.decode_model``. With ``--atheris N``
 (and atheris installed) N more inputs come from coverage-guided fuzzing.
 """
 
@@ -159,6 +161,8 @@ def main(argv=None) -> int:
     p.add_argument("--hang-s", type=float, default=1.0)
     p.add_argument("--memory-limit-mb", type=int, default=4096, help="address-space cap for this process")
     p.add_argument("--atheris", type=int, default=0, help="extra coverage-guided runs (needs atheris)")
+    p.add_argument("--describe", type=int, default=0,
+                   help="also N structure-aware mutations of model descriptions, decoded by store.decode_model")
     p.add_argument("--out", default="docs/results/fuzz")
     args = p.parse_args(argv)
     from edgecomp import io
@@ -192,6 +196,11 @@ def main(argv=None) -> int:
         return 0 if stats["crash"] == 0 and stats["hang"] == 0 else 1
 
     code = finish(0)
+    if args.describe:
+        described = fuzz_descriptions(args.describe, args.seed, args.hang_s, crashes_dir)
+        io.write_json(out / "fuzz_description.json", described)
+        print(json.dumps(described, indent=1), flush=True)
+        code = code or int(described["crash"] > 0 or described["hang"] > 0 or not described["bound_held"])
     if args.atheris:
         try:
             import atheris  # noqa: F401
@@ -227,6 +236,132 @@ def run_atheris(n: int, seeds: list[bytes], hang_s: float, stats: dict, crashes_
     atheris.Fuzz()
     finish(count["n"])
     return count["n"]
+
+
+# --- structure-aware mutations of the model description (they reach store.decode_model) -------
+
+#: Config keys whose values are sizes; a mutation sets one to an extreme.
+SIZE_KEYS = ("units", "filters", "kernel_size", "pool_size", "strides", "depth_multiplier", "target_shape",
+             "batch_shape", "axis", "size", "rate", "dilation_rate", "groups")
+EXTREMES = (0, -1, 7, 10_000, 1_000_000, 2 ** 31, [100_000, 100_000], [None, 65_536, 65_536, 3], "big", None)
+CLASSES = ("Dense", "Conv2D", "DepthwiseConv2D", "BatchNormalization", "Embedding", "LSTM", "Lambda",
+           "TFSMLayer", "NoSuchLayer", "Functional", "Sequential", "MultiHeadAttention", "Reshape", "Add")
+
+
+def description_corpus() -> list[bytes]:
+    """Containers of real (small) models: the descriptions the mutations start from."""
+    from edgecomp import store
+    from edgecomp.models import build_model
+    return [store.encode_model(build_model(name, shape, 10, **opts)) for name, shape, opts in
+            (("vgg", (28, 28, 1), {"width": 0.125}), ("resnet", (32, 32, 3), {"depth": 8}),
+             ("densenet", (32, 32, 3), {"depth": 10, "growth_rate": 4}), ("pointnet", (64, 3), {"width": 0.25}))]
+
+
+def _nodes(obj):
+    """Every dict in a JSON tree, with its parent container (for in-place edits)."""
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            yield o
+            stack.extend(v for v in o.values() if isinstance(v, (dict, list)))
+        elif isinstance(o, list):
+            stack.extend(v for v in o if isinstance(v, (dict, list)))
+
+
+def mutate_description(rng: random.Random, desc: dict) -> dict:
+    import copy
+    d = copy.deepcopy(desc)
+    layers = d["config"]["layers"]
+    names = [la["name"] for la in layers]
+    kind = rng.randrange(7)
+    layer = rng.choice(layers)
+    if kind == 0:                                   # a size set to an extreme
+        cfg = layer["config"]
+        keys = [k for k in SIZE_KEYS if k in cfg] or ["units"]
+        cfg[rng.choice(keys)] = rng.choice(EXTREMES)
+    elif kind == 1:                                 # another, unknown or code-bearing class
+        layer["class_name"] = rng.choice(CLASSES)
+        if rng.random() < 0.3:
+            layer["module"] = rng.choice(["os", "builtins", "keras.layers", None])
+    elif kind == 2:                                 # nesting: the model (or a deep chain) inside a layer
+        inner = copy.deepcopy(desc) if rng.random() < 0.5 else {"config": {}}
+        node = inner
+        for _ in range(rng.choice([1, 8, 40, 80])):
+            node.setdefault("config", {})["layers"] = [{"class_name": "Functional", "config": {}}]
+            node = node["config"]["layers"][0]
+        layer["config"]["inner"] = inner
+    elif kind == 3:                                 # node references: another, a missing or a far index
+        hist = [n for n in _nodes(layer.get("inbound_nodes", [])) if "keras_history" in n]
+        if hist:
+            h = rng.choice(hist)["keras_history"]
+            h[rng.randrange(len(h))] = rng.choice([rng.choice(names), "no_such_layer", 5, -1, 10 ** 6])
+    elif kind == 4:                                 # a shared layer: two layers under one name
+        other = rng.choice(layers)
+        other["name"] = layer["name"]
+        other["config"]["name"] = layer["name"]
+    elif kind == 5:                                 # a key removed
+        target = rng.choice(list(_nodes(layer)))
+        if target:
+            del target[rng.choice(list(target))]
+    else:                                           # a value of the wrong type
+        target = rng.choice(list(_nodes(layer)))
+        if target:
+            target[rng.choice(list(target))] = rng.choice(["x", [], {}, None, 2 ** 62, -1.5, [[[]]]])
+    return d
+
+
+def fuzz_descriptions(runs: int, seed: int, hang_s: float, crashes_dir: Path) -> dict:
+    """``runs`` mutated descriptions, each in a valid container with the original tensors."""
+    from tqdm import tqdm
+
+    from edgecomp import store
+    from edgecomp.codec.container import write_container
+    rng = random.Random(seed)
+    bases = [(codec.decode_weights(c)[0], codec.tensor_records(c)) for c in description_corpus()]
+    for meta, records in bases:                     # warm up Keras before the baseline RSS
+        store.decode_model(write_container(meta, records))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats = {"ok": 0, "rejected": 0, "crash": 0, "hang": 0, "max_decode_s": 0.0, "max_input_bytes": 0,
+             "crash_kinds": {}}
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    for _ in tqdm(range(runs), desc="describe", unit="input", mininterval=2.0):
+        meta, records = rng.choice(bases)
+        data = write_container({**meta, "keras_config": mutate_description(rng, meta["keras_config"])}, records)
+        stats["max_input_bytes"] = max(stats["max_input_bytes"], len(data))
+        signal.setitimer(signal.ITIMER_REAL, 10 * hang_s)   # a stuck decode is stopped, and counted
+        t = time.perf_counter()
+        try:
+            store.decode_model(data)
+            outcome = "ok"
+        except ContainerError:
+            outcome = "rejected"
+        except Hang:
+            outcome = "hang"
+        except BaseException as exc:  # noqa: BLE001 - every other exception is an escape
+            outcome = "crash"
+            (crashes_dir / f"describe-{hashlib.sha1(data).hexdigest()[:12]}.ecz").write_bytes(data)
+            key = f"{type(exc).__name__}: {str(exc)[:120]}"
+            stats["crash_kinds"][key] = stats["crash_kinds"].get(key, 0) + 1
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        elapsed = time.perf_counter() - t
+        stats[outcome] += 1
+        stats["max_decode_s"] = max(stats["max_decode_s"], elapsed)
+        if elapsed > hang_s and outcome != "hang":
+            stats["hang"] += 1
+    signal.signal(signal.SIGALRM, previous)
+    growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+    return {"runs": runs, **stats, "peak_rss_growth_mb": round(growth, 1),
+            "bound_mb": round(4 * stats["max_input_bytes"] / 2 ** 20 + DESCRIBE_BASE_MB, 1),
+            "bound_held": growth <= 4 * stats["max_input_bytes"] / 2 ** 20 + DESCRIBE_BASE_MB,
+            "note": "each input: a real model's container with a mutated description and its own tensors; crash = "
+                    "any exception other than ContainerError; hang = a decode over hang_s; the bound is 4x the "
+                    f"largest input plus {DESCRIBE_BASE_MB} MB, against the process's peak RSS growth after warm-up"}
+
+
+#: The fixed part of the memory bound for description fuzzing (Keras's own caches while building).
+DESCRIBE_BASE_MB = 200
 
 
 if __name__ == "__main__":

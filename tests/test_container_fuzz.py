@@ -59,3 +59,12 @@ def test_random_mutations_smoke():
 @pytest.mark.parametrize("i", range(len(SEEDS)))
 def test_corpus_decodes(i):
     codec.decode_weights(SEEDS[i])
+
+
+def test_mutated_model_descriptions_decode_or_reject(tmp_path):
+    """Structure-aware mutations of real models' descriptions (sizes, classes, nesting, node
+    references, shared layers) reach store.decode_model: ContainerError or a model, nothing else."""
+    from fuzz_container import fuzz_descriptions
+    out = fuzz_descriptions(40, seed=3, hang_s=5.0, crashes_dir=tmp_path)
+    assert out["crash"] == 0, out["crash_kinds"]
+    assert out["hang"] == 0 and out["rejected"] > 0 and out["ok"] + out["rejected"] == 40

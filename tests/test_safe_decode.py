@@ -1,0 +1,122 @@
+"""A container's model description is bounded before Keras builds it: hostile descriptions are
+refused with ContainerError before anything large is allocated."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgecomp import codec, store
+from edgecomp.codec.container import write_container
+from edgecomp.errors import ContainerError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _functional(inputs: int, units: int, name="fc"):
+    import keras
+    i = keras.Input((inputs,))
+    return keras.Model(i, keras.layers.Dense(units, name=name)(i))
+
+
+def _with_description(data: bytes, description: dict) -> bytes:
+    meta, _ = codec.decode_weights(data)
+    return write_container({**meta, "keras_config": description}, codec.tensor_records(data))
+
+
+def _description(model) -> dict:
+    cfg = json.loads(model.to_json())
+    cfg.pop("compile_config", None)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return store.encode_model(_functional(4, 2))
+
+
+def test_a_huge_declared_layer_is_refused_before_it_is_allocated():
+    """The issue's hostile file: a few hundred bytes whose description declares a 12000x12000
+    Dense. Measured in a fresh process: refused in well under 2 s and +200 MB."""
+    code = (
+        "import json, resource, time, keras\n"
+        "from edgecomp import codec, store\n"
+        "from edgecomp.codec.container import write_container\n"
+        "from edgecomp.errors import ContainerError\n"
+        "i = keras.Input((4,)); data = store.encode_model(keras.Model(i, keras.layers.Dense(2, name='fc')(i)))\n"
+        "j = keras.Input((12000,)); big = json.loads(keras.Model(j, keras.layers.Dense(12000, name='fc')(j)).to_json())\n"
+        "meta, _ = codec.decode_weights(data)\n"
+        "hostile = write_container({**meta, 'keras_config': big}, codec.tensor_records(data))\n"
+        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; t = time.perf_counter()\n"
+        "try:\n    store.decode_model(hostile); print('DECODED')\n"
+        "except ContainerError as e:\n    print('REFUSED', e)\n"
+        "print('BYTES', len(hostile), 'SECONDS', time.perf_counter() - t,\n"
+        "      'RSS_MB', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "REFUSED" in r.stdout and "[12000, 12000]" in r.stdout, r.stdout + r.stderr[-2000:]
+    figures = r.stdout.split("BYTES")[1].split()
+    assert int(figures[0]) < 1000 and float(figures[2]) < 2 and float(figures[4]) < 200, r.stdout
+
+
+def test_a_description_asking_for_more_weights_than_stored_is_refused(tiny):
+    import keras
+    i = keras.Input((4,))
+    h = keras.layers.Dense(2, name="fc")(i)
+    twice = keras.Model(i, keras.layers.Dense(2, name="fc2")(keras.layers.Dense(4, name="fc1")(h)))
+    with pytest.raises(ContainerError, match="does not hold"):
+        store.decode_model(_with_description(tiny, _description(twice)))
+
+
+@pytest.mark.parametrize("mutation, message", [
+    ("lambda", "holds a Lambda"),
+    ("foreign", "neither Keras's nor registered"),
+    ("deep", "nests deeper than 64"),
+    ("many", r"declares 20\d layers for 2 stored tensors \(at most 72\)"),
+    ("dangling", "cannot rebuild the model"),
+])
+def test_hostile_descriptions_are_refused(tiny, mutation, message):
+    desc = _description(_functional(4, 2))
+    layers = desc["config"]["layers"]
+    if mutation == "lambda":
+        layers[1]["class_name"] = "Lambda"
+    elif mutation == "foreign":
+        layers[1]["module"] = "os"
+        layers[1]["registered_name"] = "os>system"
+    elif mutation == "deep":
+        node = desc
+        for _ in range(70):
+            node["config"]["extra"] = {"config": {}}
+            node = node["config"]["extra"]
+    elif mutation == "many":
+        layers.extend(copy.deepcopy(layers[1]) for _ in range(199))
+        for k, layer in enumerate(layers[2:]):
+            layer["config"]["name"] = layer["name"] = f"fc_{k}"
+    elif mutation == "dangling":
+        layers[1]["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0] = "no_such_layer"
+    with pytest.raises(ContainerError, match=message):
+        store.decode_model(_with_description(tiny, desc))
+
+
+def test_a_shared_layer_decodes_or_is_refused_cleanly(tiny):
+    """A description that calls one Dense twice builds its weights once: nothing over the file."""
+    import keras
+    i = keras.Input((2,))
+    shared = keras.layers.Dense(2, name="fc")
+    model = keras.Model(i, shared(shared(i)))
+    data = _with_description(store.encode_model(_functional(2, 2)), _description(model))
+    try:
+        out = store.decode_model(data)
+    except ContainerError:
+        return
+    assert sum(w.size for w in out.get_weights()) <= 6
+
+
+def test_real_models_still_decode():
+    from edgecomp.models import build_model
+    for name, shape in (("vgg", (28, 28, 1)), ("resnet", (32, 32, 3)), ("pointnet", (64, 3))):
+        model = build_model(name, shape, 10, **({"width": 0.25} if name == "vgg" else {}))
+        back = store.decode_model(store.encode_model(model))
+        assert [w.shape for w in back.get_weights()] == [w.shape for w in model.get_weights()]
