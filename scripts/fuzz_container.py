@@ -191,8 +191,9 @@ def main(argv=None) -> int:
         result["atheris_runs"] = extra_runs
         result["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result.update({k: stats[k] for k in ("ok", "rejected", "crash", "hang", "max_decode_s", "crash_kinds")})
-        io.write_json(out / "fuzz.json", result)
-        print(json.dumps({k: v for k, v in result.items() if k != "corpus_sizes"}, indent=1), flush=True)
+        if args.runs or extra_runs:   # --runs 0 --describe N leaves the byte-level results as they are
+            io.write_json(out / "fuzz.json", result)
+            print(json.dumps({k: v for k, v in result.items() if k != "corpus_sizes"}, indent=1), flush=True)
         return 0 if stats["crash"] == 0 and stats["hang"] == 0 else 1
 
     code = finish(0)
