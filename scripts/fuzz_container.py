@@ -122,15 +122,21 @@ def _alarm(signum, frame):
     raise Hang
 
 
-def run_one(data: bytes, hang_s: float, stats: dict, crashes_dir: Path, trace: bool):
+def _decode_weights(data: bytes):
+    codec.decode_weights(data, max_elements=MAX_ELEMENTS)
+
+
+def run_one(data: bytes, hang_s: float, stats: dict, crashes_dir: Path, trace: bool, decode=_decode_weights,
+            prefix: str = "crash", alarm_s: float | None = None):
+    """Decode ``data`` once with ``decode``; count its outcome (ok, rejected, crash, hang) in ``stats``."""
     if trace:
         tracemalloc.reset_peak()
         start_mem = tracemalloc.get_traced_memory()[0]
-    signal.setitimer(signal.ITIMER_REAL, hang_s)
+    signal.setitimer(signal.ITIMER_REAL, alarm_s or hang_s)
     t = time.perf_counter()
     outcome = "ok"
     try:
-        codec.decode_weights(data, max_elements=MAX_ELEMENTS)
+        decode(data)
     except ContainerError:
         outcome = "rejected"
     except Hang:
@@ -138,9 +144,9 @@ def run_one(data: bytes, hang_s: float, stats: dict, crashes_dir: Path, trace: b
     except BaseException as exc:  # noqa: BLE001 - every other exception is a finding
         outcome = "crash"
         name = hashlib.sha1(data).hexdigest()[:12]
-        (crashes_dir / f"crash-{name}.ecz").write_bytes(data)
-        stats["crash_kinds"][f"{type(exc).__name__}: {str(exc)[:120]}"] = \
-            stats["crash_kinds"].get(f"{type(exc).__name__}: {str(exc)[:120]}", 0) + 1
+        (crashes_dir / f"{prefix}-{name}.ecz").write_bytes(data)
+        key = f"{type(exc).__name__}: {str(exc)[:120]}"
+        stats["crash_kinds"][key] = stats["crash_kinds"].get(key, 0) + 1
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     elapsed = time.perf_counter() - t
@@ -330,27 +336,9 @@ def fuzz_descriptions(runs: int, seed: int, hang_s: float, crashes_dir: Path) ->
         meta, records = rng.choice(bases)
         data = write_container({**meta, "keras_config": mutate_description(rng, meta["keras_config"])}, records)
         stats["max_input_bytes"] = max(stats["max_input_bytes"], len(data))
-        signal.setitimer(signal.ITIMER_REAL, 10 * hang_s)   # a stuck decode is stopped, and counted
-        t = time.perf_counter()
-        try:
-            store.decode_model(data)
-            outcome = "ok"
-        except ContainerError:
-            outcome = "rejected"
-        except Hang:
-            outcome = "hang"
-        except BaseException as exc:  # noqa: BLE001 - every other exception is an escape
-            outcome = "crash"
-            (crashes_dir / f"describe-{hashlib.sha1(data).hexdigest()[:12]}.ecz").write_bytes(data)
-            key = f"{type(exc).__name__}: {str(exc)[:120]}"
-            stats["crash_kinds"][key] = stats["crash_kinds"].get(key, 0) + 1
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        elapsed = time.perf_counter() - t
-        stats[outcome] += 1
-        stats["max_decode_s"] = max(stats["max_decode_s"], elapsed)
-        if elapsed > hang_s and outcome != "hang":
-            stats["hang"] += 1
+        # a stuck decode is stopped at 10x hang_s, and counted as a hang either way
+        run_one(data, hang_s, stats, crashes_dir, trace=False, decode=store.decode_model, prefix="describe",
+                alarm_s=10 * hang_s)
     signal.signal(signal.SIGALRM, previous)
     growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
     return {"runs": runs, **stats, "peak_rss_growth_mb": round(growth, 1),
