@@ -72,6 +72,10 @@ MAX_DESCRIPTION_DEPTH = 64
 #: Layers a description may declare: this many per stored tensor, plus a base (weightless
 #: layers, activations, pools, adds, are a few per weighted one in every family we know).
 LAYERS_PER_TENSOR, LAYERS_BASE = 4, 64
+#: Dense elements a container may declare per byte it holds, plus a base: far above any real
+#: compression (122x smaller than fp32 is 30 elements per byte), far below a few bytes declaring
+#: a huge all-zero tensor (a pruned record stores only its kept weights, so shapes are free).
+ELEMENTS_PER_BYTE, ELEMENTS_BASE = 4096, 1 << 22
 #: Classes that carry code; refused even where Keras's safe mode would only warn.
 CODE_CLASSES = frozenset({"Lambda", "TFSMLayer", "__lambda__"})
 
@@ -147,12 +151,18 @@ def decode_model(data: bytes, qat: bool = True):
 
     A container from a run with quantization-aware training decodes to its QAT model (the
     float layers with the stored activation ranges: int8 simulated, exporting int8 on them);
-    ``qat=False`` gives the float model. The description is bounded before anything is built
-    (:func:`check_description`), and while Keras builds it no layer may allocate a weight the
-    container does not hold.
+    ``qat=False`` gives the float model. Before anything is built, the declared weights are
+    bounded by the file's size and the description by :func:`check_description`; while Keras
+    builds it, no layer may allocate a weight the container does not hold.
     """
     import keras
 
+    declared = sum(rec.size for rec in codec.tensor_records(data))
+    limit = ELEMENTS_PER_BYTE * len(data) + ELEMENTS_BASE
+    if declared > limit:
+        raise ContainerError(f"the container's {len(data):,} bytes declare {declared:,} weights, over the "
+                             f"{ELEMENTS_PER_BYTE:,}-per-byte bound ({limit:,})",
+                             fix="re-create the container; no compressed model is that sparse")
     meta, weights = codec.decode_weights(data)
     if meta.get("format") != FORMAT_NAME or not isinstance(meta.get("keras_config"), dict):
         raise ContainerError("container holds no edgecomp model description",

@@ -120,3 +120,16 @@ def test_real_models_still_decode():
         model = build_model(name, shape, 10, **({"width": 0.25} if name == "vgg" else {}))
         back = store.decode_model(store.encode_model(model))
         assert [w.shape for w in back.get_weights()] == [w.shape for w in model.get_weights()]
+
+
+def test_a_few_bytes_cannot_declare_a_huge_tensor():
+    """A pruned record stores only kept weights, so its shape costs nothing: 70-odd bytes can
+    declare an all-zero 8192x8192 kernel. decode_model bounds the declared weights by the file's
+    bytes before it builds anything; real containers are far inside the bound."""
+    import numpy as np
+    model = _functional(8192, 8192)
+    data = codec.encode_weights({v.path: np.zeros(v.shape, np.float32) for v in model.weights},
+                                {"fc/kernel": "seed", "fc/bias": "seed"}, {"format": store.FORMAT_NAME, "keras_config": _description(model)})
+    assert len(data) < 2000
+    with pytest.raises(ContainerError, match="declare 67,117,056 weights, over the 4,096-per-byte bound"):
+        store.decode_model(data)
