@@ -26,7 +26,6 @@ from edgecomp.errors import EdgecompError
 
 class Checkpoints:
     def __init__(self, folder: str | os.PathLike, settings: dict, resume: bool = False):
-        self.writer = distribute.is_chief()
         self.folder = io.ensure_dir(folder) if self.writer else Path(folder)
         self.state_path = self.folder / "state.json"
         settings = json.loads(json.dumps(settings))  # normalise tuples etc.
@@ -40,9 +39,17 @@ class Checkpoints:
             if state.get("settings") != settings:
                 raise EdgecompError("the checkpoints in this folder were made with other settings",
                                     fix="resume with the same flags, or use a new --out folder")
+        if resume and state is None and not self.writer:
+            raise EdgecompError(f"{distribute.worker_name()} finds no checkpoint state at {self.state_path}, "
+                                "which the chief wrote", fix="give every worker the same (shared) --checkpoints folder")
         self.state = state or {"settings": settings, "stages": {}}
         if not resume:
             self._write()
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes (decided at each write: the strategy may come later)."""
+        return distribute.is_chief()
 
     def _write(self):
         if self.writer:

@@ -120,6 +120,10 @@ def strategy_for(config: Distribute):
         cluster = cluster_from_env()
         rendezvous(cluster, config.peer_timeout)   # before TF is touched: a failure here leaves it as it was
         distribute_compat.configure_coordination(config.peer_timeout)
+        # Last resort: a peer that answered the rendezvous but died before TF's own wait would leave
+        # the constructor blocked in C++ with the GIL held; faulthandler's C thread ends the process.
+        import faulthandler
+        faulthandler.dump_traceback_later(config.peer_timeout + 30, exit=True)
         try:
             # AUTO: NCCL all-reduce between GPUs, TF's ring algorithm on CPUs
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -131,6 +135,8 @@ def strategy_for(config: Distribute):
         except tf.errors.OpError as exc:
             raise EdgecompError(f"{cluster.task_type} {cluster.task_index} could not serve on {cluster.address} "
                                 f"({first_line(exc)})", fix="free the port, or give this worker another address") from None
+        finally:
+            faulthandler.cancel_dump_traceback_later()
     distribute_compat.patch_keras_fit()
     _MADE.update(key=key, strategy=strategy, cluster=cluster)
     return strategy
@@ -216,7 +222,7 @@ class Session:
         try:
             yield
         except Exception as exc:  # noqa: BLE001  (only TF's peer errors are translated)
-            lost = _peer_error(exc)
+            lost = _peer_error(exc) if self.config.strategy == "multi-worker" else None
             if lost:
                 raise PeerLost(f"{worker_name()}: a peer worker stopped or became unreachable while training ({lost})",
                                fix="restart every worker with the same command and --resume (the chief "

@@ -58,8 +58,10 @@ def patch_keras_fit() -> bool:
 
     def _reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and multi_worker(strategy):
-            return tree.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
+            def mean(v):   # a PerReplica (several local devices) has no shape: its local values do
+                one = strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                return strategy.reduce("MEAN", v, axis=0 if one.shape.rank else None)
+            return tree.map_structure(mean, values)
         return reduce_per_replica(values, strategy, reduction)
 
     trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build

@@ -187,6 +187,14 @@ class Recipe(Config):
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise EdgecompError(f"seed must be a whole number, got {self.seed!r}", fix="e.g. --seed 0")
 
+    def get_config(self) -> dict:
+        """As every config's; ``distribute`` only when set, so a one-process recipe (and its
+        container, and a run's fingerprint) reads as before distribution existed."""
+        config = super().get_config()
+        if not self.distribute.enabled and self.distribute == Distribute():
+            config.pop("distribute")
+        return config
+
     @property
     def method(self) -> str:
         return self.coding.method

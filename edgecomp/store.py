@@ -11,9 +11,9 @@ method chosen for it. Decoding the weights needs numpy only
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -119,27 +119,35 @@ def check_description(config, n_tensors: int) -> None:
 @contextlib.contextmanager
 def _weights_held_by(shapes: list[tuple]):
     """While Keras rebuilds a model, refuse (before it is allocated) any weight whose shape is
-    not one of the container's stored tensors, each usable once: a description can only make
-    the loader allocate what the file holds."""
+    not one of the container's stored tensors, or past twice their total: a description can
+    only make the loader allocate what the file holds."""
     from keras.src.layers.layer import Layer
 
-    left = collections.Counter(tuple(int(d) for d in s) for s in shapes)
-    original, owner = Layer.add_weight, threading.get_ident()
+    held = {tuple(int(d) for d in s) for s in shapes}
+    # A shape the container does not hold is refused; a held shape may be built more often than it
+    # is stored (Bidirectional builds a template layer besides its two directions), up to twice the
+    # stored total.
+    budget = 2 * sum(math.prod(s) for s in (tuple(int(d) for d in s) for s in shapes)) + (1 << 16)
+    owner = threading.get_ident()
 
-    def add_weight(self, *args, shape=None, **kwargs):
-        if threading.get_ident() != owner:   # another thread building its own model: not ours to check
+    def guarded(original):
+        def add_weight(self, *args, shape=None, **kwargs):
+            nonlocal budget
+            if threading.get_ident() != owner:   # another thread building its own model: not ours to check
+                return original(self, *args, shape=shape, **kwargs)
+            given = shape if shape is not None else (args[0] if args and not isinstance(args[0], str) else ())
+            want = tuple(int(d) for d in given)
+            budget -= math.prod(want)
+            if want not in held or budget < 0:
+                raise ContainerError(f"the model description makes layer {self.name!r} allocate a weight of shape "
+                                     f"{list(want)}, which the container does not hold",
+                                     fix="re-create the container; its description and tensors disagree")
             return original(self, *args, shape=shape, **kwargs)
-        given = shape if shape is not None else (args[0] if args and not isinstance(args[0], str) else ())
-        want = tuple(int(d) for d in given)
-        if left[want] <= 0:
-            raise ContainerError(f"the model description makes layer {self.name!r} allocate a weight of shape "
-                                 f"{list(want)}, which the container does not hold",
-                                 fix="re-create the container; its description and tensors disagree")
-        left[want] -= 1
-        return original(self, *args, shape=shape, **kwargs)
+        return add_weight
 
-    with _PATCH_LOCK:
-        Layer.add_weight = add_weight
+    with _PATCH_LOCK:   # the original is read under the lock: a concurrent decode cannot capture our wrapper
+        original = Layer.add_weight
+        Layer.add_weight = guarded(original)
         try:
             yield
         finally:

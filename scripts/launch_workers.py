@@ -48,10 +48,15 @@ def tf_config(addresses: list[str], index: int) -> str:
 
 
 def _pump(stream, index: int, log, lock):
+    echo = True
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip("\n")
         with lock:
-            print(f"[worker {index}] {line}", flush=True)
+            if echo:
+                try:
+                    print(f"[worker {index}] {line}", flush=True)
+                except OSError:   # our stdout went away (| head): keep draining into the log
+                    echo = False
             log.write(line + "\n")
             log.flush()
     stream.close()
@@ -64,6 +69,10 @@ def _stop(procs, sig):
                 os.killpg(p.pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt   # SIGTERM / SIGHUP stop the workers too, through the same path
 
 
 def launch(n: int, command: list[str], *, log_dir: Path, grace: float = 60.0, env=None) -> dict:
@@ -115,7 +124,7 @@ def launch(n: int, command: list[str], *, log_dir: Path, grace: float = 60.0, en
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+                _stop([p], signal.SIGKILL)
         raise
     for t in pumps:
         t.join(5)
@@ -148,6 +157,8 @@ def main(argv=None) -> int:
     if args.workers < 1 or not command:
         print("launch_workers: error: need at least 1 worker and a command after '--'", file=sys.stderr)
         return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         summary = launch(args.workers, command, log_dir=Path(args.log_dir), grace=args.grace)
     except FileNotFoundError:
@@ -162,7 +173,8 @@ def main(argv=None) -> int:
         how = "stopped by the launcher" if summary["stopped_by_launcher"] else "stopped by themselves"
         print(f"launch_workers: worker {summary['first_failure']} failed (exit {summary['exit_code']}); the others "
               f"{how} {summary['others_stopped_after_s']:.1f} s later", flush=True)
-    return summary["exit_code"]
+    code = summary["exit_code"]
+    return 128 - code if code < 0 else code   # a worker ended by signal N: 128 + N, as a shell reports it
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def test_peer_errors_become_peer_lost_with_the_cause():
     import tensorflow as tf
     err = tf.errors.UnavailableError(None, None, "Graph execution error:\n\nrecvmsg:Connection reset by peer\n"
                                      "Additional GRPC error information from remote target /job:worker/replica:0/task:1")
-    ses = distribute.Session(Distribute())
+    ses = distribute.Session(Distribute("multi-worker"))
     with pytest.raises(distribute.PeerLost, match="Connection reset by peer; peer /job:worker/replica:0/task:1") as e:
         with ses.training(object.__new__(_NoLayers), samples=1, batch_size=1, epochs=1, learning_rate=1e-3):
             raise err
@@ -78,6 +78,10 @@ def test_peer_errors_become_peer_lost_with_the_cause():
     with pytest.raises(ValueError):   # anything else passes through untouched
         with ses.training(object.__new__(_NoLayers), samples=1, batch_size=1, epochs=1, learning_rate=1e-3):
             raise ValueError("a bug")
+    with pytest.raises(tf.errors.UnavailableError):   # and without peers there is no peer to blame
+        with distribute.Session(Distribute()).training(object.__new__(_NoLayers), samples=1, batch_size=1,
+                                                      epochs=1, learning_rate=1e-3):
+            raise err
 
 
 class _NoLayers:
