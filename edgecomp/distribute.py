@@ -272,12 +272,6 @@ def active() -> Session | None:
     return _ACTIVE[-1] if _ACTIVE else None
 
 
-def active_strategy() -> Session | None:
-    """The open session when it trains under a strategy, else None."""
-    ses = active()
-    return ses if ses is not None and ses.strategy is not None else None
-
-
 @contextlib.contextmanager
 def session(config: Distribute | None):
     """Train under ``config``'s strategy inside the block; with ``none`` training runs as before and

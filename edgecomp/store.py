@@ -123,11 +123,12 @@ def _weights_held_by(shapes: list[tuple]):
     only make the loader allocate what the file holds."""
     from keras.src.layers.layer import Layer
 
-    held = {tuple(int(d) for d in s) for s in shapes}
+    stored = [tuple(int(d) for d in s) for s in shapes]
+    held = set(stored)
     # A shape the container does not hold is refused; a held shape may be built more often than it
     # is stored (Bidirectional builds a template layer besides its two directions), up to twice the
     # stored total.
-    budget = 2 * sum(math.prod(s) for s in (tuple(int(d) for d in s) for s in shapes)) + (1 << 16)
+    budget = 2 * sum(math.prod(s) for s in stored) + (1 << 16)
     owner = threading.get_ident()
 
     def guarded(original):
@@ -165,13 +166,14 @@ def decode_model(data: bytes, qat: bool = True):
     """
     import keras
 
-    declared = sum(rec.size for rec in codec.tensor_records(data))
+    meta, records = codec.read_container(data)   # parsed once: bounded here, then decoded
+    declared = sum(rec.size for rec in records)
     limit = ELEMENTS_PER_BYTE * len(data) + ELEMENTS_BASE
     if declared > limit:
         raise ContainerError(f"the container's {len(data):,} bytes declare {declared:,} weights, over the "
                              f"{ELEMENTS_PER_BYTE:,}-per-byte bound ({limit:,})",
                              fix="re-create the container; no compressed model is that sparse")
-    meta, weights = codec.decode_weights(data)
+    weights = codec.weights_from_records(records)
     if meta.get("format") != FORMAT_NAME or not isinstance(meta.get("keras_config"), dict):
         raise ContainerError("container holds no edgecomp model description",
                              fix="pass a .ecz file written by edgecomp compress/run")

@@ -217,7 +217,8 @@ def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs:
                 for p, v in zip(paths, trainable)]
 
     from edgecomp import distribute
-    ses = distribute.active_strategy()
+    timed = distribute.active()   # times the run; ``ses`` when it trains under a strategy
+    ses = timed if timed is not None and timed.strategy is not None else None
     replicas = ses.replicas if ses else 1
 
     def replica_step(xb, yb, scale):
@@ -259,7 +260,6 @@ def fine_tune_centroids(model, shared: dict[str, SharedTensor], x, y, *, epochs:
     y = np.asarray(y)
     rng = np.random.default_rng(seed)
     history = []
-    timed = distribute.active()
     guard = (timed.training(model, samples=len(x), batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
                             title=title) if timed else contextlib.nullcontext())
     with guard:

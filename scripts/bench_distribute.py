@@ -80,8 +80,8 @@ def single(model, out, extra, a, *more) -> dict:
     return {**parse(r.stdout)[0], "sha256": hashlib.sha256(Path(out).read_bytes()).hexdigest()[:16]}
 
 
-def workers(model, out, extra, a, logs, *more, summary=None) -> dict:
-    cmd = [*LAUNCH, "2", "--log-dir", str(logs), *(["--summary", str(summary)] if summary else []), "--",
+def workers(model, out, extra, a, logs, *more) -> dict:
+    cmd = [*LAUNCH, "2", "--log-dir", str(logs), "--",
            *EDGECOMP, *compress_args(model, out, extra, a), "--distribute", "multi-worker", *more]
     r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT)
     if r.returncode:
@@ -96,7 +96,8 @@ def fault(model, out, extra, a, logs, sig, when: str, ck) -> dict:
     summary = logs / "summary.json"
     cmd = [*LAUNCH, "2", "--log-dir", str(logs), "--summary", str(summary), "--grace", "90", "--",
            *EDGECOMP, *compress_args(model, out, extra, a), "--distribute", "multi-worker", "--checkpoints", str(ck)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=ROOT)
+    # the workers' output is in their logs; an unread pipe could fill and stall the launcher
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
     log = logs / "worker-1.log"
     while proc.poll() is None and not (log.exists() and when in log.read_text()):
         time.sleep(0.1)

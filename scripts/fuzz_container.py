@@ -265,7 +265,7 @@ def description_corpus() -> list[bytes]:
 
 
 def _nodes(obj):
-    """Every dict in a JSON tree, with its parent container (for in-place edits)."""
+    """Every dict in a JSON tree (edited in place by the mutations)."""
     stack = [obj]
     while stack:
         o = stack.pop()

@@ -183,12 +183,17 @@ def encode_weights(weights: dict[str, np.ndarray], methods: Mapping[str, str | M
 def decode_weights(data: bytes, max_elements: int = MAX_ELEMENTS) -> tuple[dict, dict[str, np.ndarray]]:
     """Decode container bytes into ``(meta, {name: float32 array})``; raises ContainerError only."""
     meta, records = read_container(data, max_elements=max_elements)
+    return meta, weights_from_records(records)
+
+
+def weights_from_records(records: list[TensorRecord]) -> dict[str, np.ndarray]:
+    """``{name: float32 array}`` from parsed records (:func:`read_container`'s), names checked unique."""
     names = set()
     for rec in records:
         if rec.name in names:
             raise ContainerError(f"corrupt container: tensor {rec.name!r} appears twice", fix="re-create the file")
         names.add(rec.name)
-    return meta, {rec.name: arr for rec, arr in zip(records, _decode_records(records))}
+    return {rec.name: arr for rec, arr in zip(records, _decode_records(records))}
 
 
 def tensor_records(data: bytes) -> list[TensorRecord]:
@@ -196,5 +201,5 @@ def tensor_records(data: bytes) -> list[TensorRecord]:
     return read_container(data)[1]
 
 
-__all__ = ["encode_weights", "decode_weights", "encode_tensor", "decode_tensor", "tensor_records",
+__all__ = ["encode_weights", "decode_weights", "weights_from_records", "read_container", "encode_tensor", "decode_tensor", "tensor_records",
            "quantized_reference", "deep_spec", "MethodSpec", "METHOD_IDS", "METHOD_NAMES"]
