@@ -19,6 +19,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
 
+from edgecomp import cli_emulated  # noqa: E402
 from edgecomp.cli_options import _add_compression, _positive, _rate, add_distribute, recipe_from_args  # noqa: E402
 
 
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated variants, each applied to every --format that offers it (default: fp32,int8)")
     p.add_argument("--parity-size", type=_positive, default=256, help="test samples for the parity check")
     p.add_argument("--trust-model", action="store_true")
+    p.add_argument("--check-on", default=None, metavar="TARGETS",
+                   help="also run each written file on these emulated targets (arm64-emulated, "
+                        "arm64-emulated-a55) and check parity there against Keras and x86")
     p.add_argument("-o", "--out", required=True, help="output folder")
 
     p = sub.add_parser("bench", help="latency, size, accuracy and parity of model files on target "
@@ -113,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="desktop",
                    help="comma-separated profiles: desktop (all cores unless --threads), mobile-big / "
                         "mobile-little (1 thread pinned to the fastest / slowest core), android (a "
-                        "phone over adb running benchmark_model) (default: desktop)")
+                        "phone over adb running benchmark_model), arm64-emulated / arm64-emulated-a55 "
+                        "(parity and kernels under qemu, no latency) (default: desktop)")
     p.add_argument("--threads", default=None,
                    help="comma-separated thread counts for targets that do not fix them "
                         "(default: desktop all cores, android 1)")
@@ -127,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None,
                    help="a .keras/.ecz model to compare outputs with (max abs diff, top-1 agreement)")
     p.add_argument("-o", "--out", default="runs/bench", help="output folder for bench.json/csv/md and plots")
+    cli_emulated.add_setup_parser(sub)
     return parser
 
 
@@ -314,10 +320,12 @@ def cmd_evaluate(args):
 def cmd_export(args):
     import exporters
     from edgecomp import io, train
+    from edgecomp.errors import EdgecompError
     from edgecomp.report import text_table
 
     from exporters.variants import parse_variants
     variants, skipped = parse_variants(args.format, args.variants)   # one-line errors, before the model loads
+    check_on = cli_emulated.emulated_targets(args.check_on)
     out = io.ensure_dir(args.out)
     model = _load_any_model(args.model, trust=args.trust_model)
     ds = _data(args)
@@ -345,8 +353,15 @@ def cmd_export(args):
     if skipped:
         print("skipped (format lacks the variant): " + ", ".join(f"{x['format']}:{x['variant']}" for x in skipped))
     print(f"\nwrote {out}/export.json")
+    if check_on and arts:
+        n = args.parity_size
+        try:
+            cli_emulated.check_artifacts(model, arts, ds.x_test[:n], ds.y_test[:n], check_on, out)
+        except EdgecompError as exc:
+            if not failed:
+                raise
+            print(f"edgecomp: error: {exc}", file=sys.stderr)
     if failed:
-        from edgecomp.errors import EdgecompError
         raise EdgecompError(f"{len(failed)} of {len(variants)} variant(s) missed the parity gate and were not written "
                             f"({', '.join(f['format'] + ':' + f['variant'] for f in failed)}); first: {failed[0]['error']}",
                             fix=f"see failed_parity in {out}/export.json; the others were written")
@@ -394,12 +409,16 @@ def cmd_bench(args):
     print(text_table(["artifact", "target", "threads", "median ms", "p90 ms", "peak MB", "accuracy", "error"],
                      rows))
     failed = sum(1 for r in records if r["error"])
+    arm_failed = cli_emulated.print_bench_checks(records)
     print(f"\n{len(records)} rows ({failed} with errors); wrote {paths['json']}, {paths['csv'].name}, "
           f"{paths['md'].name}, {paths['latency_png'].name}, {paths['accuracy_png'].name}")
+    if arm_failed:
+        raise EdgecompError(f"{arm_failed} file(s) missed parity on the emulated arm64 target (lines above)",
+                            fix=f"see the emulation field in {paths['json']}")
 
 
 COMMANDS = {"run": cmd_run, "compress": cmd_compress, "analyze": cmd_analyze, "evaluate": cmd_evaluate, "export": cmd_export,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "setup": cli_emulated.cmd_setup}
 
 
 def _stop_on_sigterm():

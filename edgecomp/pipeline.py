@@ -133,6 +133,8 @@ def _prune_and_fine_tune(model, x, y, recipe: Recipe, *, verbose, history, check
     """The pruning stage: masks by the recipe's criterion and rules, on its schedule, each step
     fine-tuned with the masks held. Checkpoint keys: ``prune-1`` .. ``prune-N`` (``pruned`` for gradual)."""
     cfg, ft, seed = recipe.pruning, recipe.fine_tune, recipe.seed
+    if cfg.policy is not None:  # the runtime's constraint, as per-layer rules
+        cfg = cfg.replace(layer_rates=cfg.layer_rates + cfg.policy.layer_rates(model))
     opts = dict(criterion=cfg.criterion, rates=cfg.layer_rates, criteria=cfg.layer_criteria, skip_first=cfg.skip_first)
     fit_opts = dict(epochs=ft.epochs, batch_size=ft.batch_size, learning_rate=ft.learning_rate,
                     lr_schedule=ft.lr_schedule, verbose=verbose)
@@ -274,6 +276,8 @@ def _compress(model, data, recipe: Recipe, *, verbose, info, checkpoints, measur
     x, y = _xy(data)
     history: list[dict] = []
     _check_rules(model, recipe)  # structured pruning keeps layer names: a typo fails before any work
+    if recipe.pruning.policy is not None:
+        recipe.pruning.policy.check(model, recipe.pruning.rate)
     structured = None
     if recipe.structured is not None:
         from edgecomp.structured_stage import run_structured
@@ -283,6 +287,8 @@ def _compress(model, data, recipe: Recipe, *, verbose, info, checkpoints, measur
         raise EdgecompError("the model has no prunable Conv/Dense kernels",
                             fix="compress a model with Conv or Dense layers")
     masks = _prune_and_fine_tune(model, x, y, recipe, verbose=verbose, history=history, checkpoints=checkpoints)
+    if recipe.pruning.policy is not None:
+        recipe.pruning.policy.verify(model, masks)
     shared = None
     if recipe.sharing is not None:
         shared = _share_and_fine_tune(model, x, y, recipe, verbose=verbose, history=history, checkpoints=checkpoints)

@@ -78,7 +78,9 @@ class Pruning(Config):
     """Magnitude pruning: the fraction ``rate`` of weights goes, chosen by ``criterion``, on ``schedule``.
 
     ``layer_rates`` are ``(glob, rate)`` rules, ``layer_criteria`` ``(glob, criterion)`` rules (e.g.
-    ``{"fc*": "block:16x1"}``); ``skip_first`` leaves the first Conv/Dense dense.
+    ``{"fc*": "block:16x1"}``); ``skip_first`` leaves the first Conv/Dense dense. ``policy``
+    restricts pruning to what a runtime's fast path takes (:mod:`edgecomp.pruning_policy`:
+    ``"xnnpack-sparse"`` prunes only 1x1 convolutions, for XNNPACK's sparse path on ARM).
     """
 
     rate: float = 0.8
@@ -87,14 +89,24 @@ class Pruning(Config):
     layer_rates: tuple = ()
     layer_criteria: tuple = ()
     skip_first: bool = True
+    policy: object = None
 
     def __post_init__(self):
+        from edgecomp.pruning_policy import policy_from
+        object.__setattr__(self, "policy", policy_from(self.policy))
         object.__setattr__(self, "rate", _rate(self.rate))
         object.__setattr__(self, "criterion", criterion_from(self.criterion))
         object.__setattr__(self, "schedule", schedule_from(self.schedule))
         object.__setattr__(self, "layer_rates", rules(self.layer_rates, "per-layer rate", _rate))
         object.__setattr__(self, "layer_criteria", rules(self.layer_criteria, "per-layer criterion", criterion_from))
         object.__setattr__(self, "skip_first", bool(self.skip_first))
+
+    def get_config(self) -> dict:
+        """As every config's; ``policy`` only when set, so a recipe without one reads as before."""
+        out = super().get_config()
+        if out.get("policy") is None:
+            out.pop("policy", None)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,7 +306,7 @@ class Recipe(Config):
 
 
 _PRUNING = {"rate": "rate", "criterion": "criterion", "schedule": "schedule", "layer_rates": "layer_rates",
-            "layer_criteria": "layer_criteria", "skip_first": "skip_first"}
+            "layer_criteria": "layer_criteria", "skip_first": "skip_first", "policy": "policy"}
 _FINE_TUNE = {"fine_tune_epochs": "epochs", "batch_size": "batch_size", "learning_rate": "learning_rate",
               "lr_schedule": "lr_schedule"}
 _SHARING = {"init": "init", "centroid_epochs": "epochs"}

@@ -96,6 +96,16 @@ def _thresholds_for(variant: str | Variant | None, overrides: dict | None, train
     return merged
 
 
+def judge_figures(figures: dict, thresholds: dict, label: str) -> list[str]:
+    """One line per figure in ``figures`` that misses its threshold, prefixed by ``label``.
+
+    Example:
+        >>> judge_figures({"top1_agreement": 0.98}, {"top1_agreement": 0.99}, "int8")
+        ['int8: top1_agreement 0.98 < 0.99 required']
+    """
+    return _failures(figures, thresholds, label)
+
+
 def _failures(figures: dict, thresholds: dict, label: str) -> list[str]:
     out = []
     for key, limit in thresholds.items():

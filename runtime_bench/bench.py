@@ -228,9 +228,10 @@ def _empty_record(path: Path, settings: dict, target: Target | None, isolate: bo
         fmt = format_of(path)
     except EdgecompError:
         fmt = None
-    on_device = target is not None and target.kind == "adb"
+    on_device = target is not None and target.kind in ("adb", "emulated")
+    device = "arm64 (emulated)" if target is not None and target.kind == "emulated" else None
     rec.update(name=path.name, file=str(path), format=fmt, target=settings["target"],
-               device=None if on_device else _LOCAL_DEVICE, threads=settings["threads"],
+               device=device if on_device else _LOCAL_DEVICE, threads=settings["threads"],
                cpus=settings["cpus"], batch=settings["batch"], isolated=isolate or on_device,
                task=settings["task"],
                resolver=settings["resolver"] if fmt == "tflite" else None,
@@ -259,6 +260,10 @@ def _bench_one(path, x, y, ref, settings: dict, target: Target | None, *, isolat
 
     if target is not None and target.kind == "adb":
         result = _measure_on_device(path, settings, target, timeout_s)
+    elif target is not None and target.kind == "emulated":
+        from runtime_bench.emulated import bench_result
+        result = bench_result(path, x, y, ref, settings, target.cpu_model)
+        rec["emulation"] = result.pop("emulation")
     elif isolate:
         result = _run_worker(path, inputs, settings, timeout_s)
     else:

@@ -89,7 +89,7 @@ def run_on_arm(path: str | Path, x_file: str | Path, folder: str | Path, *, cpu:
         if trace_file is not None:
             ran = kernels.executed_functions(trace_file, info.get("maps", []), _function_tables(env))
             info["kernels"] = kernels.summarize_kernels(ran) if info.get("format") == "tflite" else {
-                "note": "onnxruntime's aarch64 wheel is stripped of symbols: its kernels cannot be named"}
+                "note": "n/a: the onnxruntime aarch64 wheel has no symbols to name its kernels"}
         info.pop("maps", None)
         info["emulator"] = f"{env.manifest.get('qemu', 'qemu')} -cpu {emulation.CPU_MODELS[cpu]}"
         return pred, info
@@ -122,6 +122,8 @@ def check_file(path: str | Path, x: np.ndarray, keras_ref: np.ndarray | None, *,
             rec["error"] = one_line(exc)
             return rec
     rec["vs_x86"] = figures(pred, x86)
+    if y is not None and task:
+        rec["accuracy"] = task_scores(pred, y, task)["accuracy"]
     if keras_ref is not None:
         rec["vs_keras"] = figures(pred, keras_ref, y, task)
     rec["resolver"] = info.get("resolver")
@@ -131,3 +133,20 @@ def check_file(path: str | Path, x: np.ndarray, keras_ref: np.ndarray | None, *,
     rec.update(kernels=info.get("kernels"), machine=info.get("machine"), emulator=info.get("emulator"),
                delegate_log=info.get("delegate_log"))
     return rec
+
+
+#: Samples an emulated bench row runs (qemu runs the VGG-like net at about 0.6 s a sample).
+EMULATED_SAMPLES = 256
+
+
+def bench_result(path, x, y, ref, settings: dict, cpu: str) -> dict:
+    """A :func:`runtime_bench.bench_files` result for an emulated target: no latency, the check in ``emulation``."""
+    n = min(len(x), EMULATED_SAMPLES)
+    task = settings.get("task")
+    rec = check_file(path, x[:n], None if ref is None else ref[:n], y=None if y is None else y[:n],
+                     task=task or "classification", cpu=cpu)
+    out = {"error": rec["error"], "resolver": rec["resolver"], "n_eval": n, "emulation": rec,
+           "accuracy": rec.get("accuracy") if task else None}
+    if rec["vs_keras"]:
+        out.update({k: rec["vs_keras"][k] for k in ("max_abs_diff", "mean_abs_diff", "top1_agreement")})
+    return out

@@ -61,7 +61,8 @@ _SITE = "opt/edgecomp-site"
 _NETWORK_HINTS = ("could not resolve", "temporary failure", "failed to fetch", "connection refused",
                   "network is unreachable", "no route to host", "connection timed out", "unable to connect",
                   "max retries exceeded", "name or service not known", "could not connect",
-                  "no matching distribution", "404  not found", "release file", "cannot initiate")
+                  "no matching distribution", "404  not found", "release file", "cannot initiate",
+                  "apt-get update")
 
 
 def cache_root() -> Path:
@@ -130,11 +131,19 @@ def _run(cmd: list[str], what: str, timeout_s: float, env: dict | None = None) -
         detail = next((ln for ln in reversed(lines) if "error" in ln.lower() or ln.startswith("E:")),
                       lines[-1] if lines else f"exit code {done.returncode}")
         if offline:
+            detail = next((ln for ln in lines if any(h in ln.lower() for h in _NETWORK_HINTS[:-1])), detail)
             raise EdgecompError(f"{what} failed: could not download (no network?): {detail[:200]}",
                                 fix="connect this machine to the Debian archive (or set EDGECOMP_DEBIAN_MIRROR) "
                                     "and PyPI, then run `edgecomp setup arm64` again")
         raise EdgecompError(f"{what} failed: {detail[:240]}", fix="run `edgecomp setup arm64 --force` to rebuild")
     return done.stdout
+
+
+def _check_qemu(env: "Arm64Env") -> None:
+    if not env.qemu.is_file() or not env.python.is_file():
+        missing = "qemu-aarch64" if not env.qemu.is_file() else "the sysroot's python"
+        raise EdgecompError(f"{missing} is missing from the arm64 environment {env.root}",
+                            fix="run `edgecomp setup arm64 --force` to rebuild it")
 
 
 def _extract_wheel(wheel: Path, dest: Path) -> None:
@@ -181,7 +190,7 @@ def setup(force: bool = False, root: Path | None = None, progress=print, timeout
     try:
         t0 = time.perf_counter()
         progress(f"arm64 set-up 1/4: Debian {VERSIONS['sysroot_suite']} arm64 sysroot (mmdebstrap, {mirror})")
-        _run([mmdebstrap, "--variant=extract", "--arch=arm64", "--quiet",
+        _run([mmdebstrap, "--variant=extract", "--arch=arm64",
               "--include=" + ",".join(VERSIONS["sysroot_packages"]), VERSIONS["sysroot_suite"],
               str(tmp / "sysroot"), mirror], "making the arm64 sysroot", timeout_s)
         steps["sysroot_s"] = time.perf_counter() - t0
@@ -189,8 +198,11 @@ def setup(force: bool = False, root: Path | None = None, progress=print, timeout
         t0 = time.perf_counter()
         progress(f"arm64 set-up 2/4: static qemu-aarch64 from Debian {VERSIONS['qemu_suite']}'s "
                  f"{VERSIONS['qemu_package']}")
-        _run([mmdebstrap, "--variant=extract", "--quiet", f"--include={VERSIONS['qemu_package']}",
+        _run([mmdebstrap, "--variant=extract", f"--include={VERSIONS['qemu_package']}",
               VERSIONS["qemu_suite"], str(tmp / "qemu-pkg"), mirror], "fetching qemu-user", timeout_s)
+        if not (tmp / "qemu-pkg/usr/bin/qemu-aarch64").is_file():
+            raise EdgecompError(f"Debian {VERSIONS['qemu_suite']}'s {VERSIONS['qemu_package']} has no "
+                                "usr/bin/qemu-aarch64", fix="set the qemu package to one that ships it (qemu-user)")
         shutil.copy2(tmp / "qemu-pkg/usr/bin/qemu-aarch64", tmp / "qemu-aarch64")
         shutil.rmtree(tmp / "qemu-pkg")
         version = _run([str(tmp / "qemu-aarch64"), "--version"], "running qemu-aarch64", 60).split("\n")[0]
@@ -265,6 +277,7 @@ def run_python(env: Arm64Env, args: list[str], cpu: str = "a76", trace: Path | N
 
     A run past ``timeout_s`` comes back with return code 124 (and qemu is killed).
     """
+    _check_qemu(env)
     path_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_REPO), "/" + _SITE]),
                 "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "0"}
     try:

@@ -8,6 +8,8 @@ profile             where   threads                  CPUs                       
 ``mobile-big``      here    1                        pinned to the fastest core       XNNPACK
 ``mobile-little``   here    1                        pinned to the slowest core       XNNPACK
 ``android``         adb     ``--threads``, else 1    not pinned (the phone decides)   XNNPACK
+``arm64-emulated``  qemu    1                        a Cortex-A76 CPU model           XNNPACK
+``arm64-emulated-a55``      qemu  1                  a Cortex-A55 CPU model           XNNPACK
 ==================  ======  =======================  ===============================  =========
 
 "Fastest" and "slowest" are read from ``/sys/devices/system/cpu/cpuN/cpu_capacity``
@@ -23,6 +25,11 @@ record's ``cpus`` is None.
 ``android`` pushes the ``.tflite`` file with ``adb`` and runs the official
 ``benchmark_model`` binary on the phone (see :mod:`runtime_bench.adb`); ``adb``
 itself honours ``ANDROID_SERIAL`` to choose among several phones.
+
+``arm64-emulated`` runs each file in an arm64 Python under qemu on this machine
+(:mod:`runtime_bench.emulated`): the phone's kernels (XNNPACK's NEON and sparse
+paths), checked for parity against Keras and against x86, with the kernels that
+ran. It reports no latency: emulated time says nothing about a phone.
 
     >>> [(t.name, n, t.cpus()) for t, n in plan(["desktop", "mobile-little"], [1, 2])]
     [('desktop', 1, None), ('desktop', 2, None), ('mobile-little', 1, [0])]
@@ -87,7 +94,8 @@ def pick_core(which: str, cpus: Sequence[int] | None = None, sys_cpu: str | os.P
 class Target:
     """Where and how to measure.
 
-    ``kind`` is ``"local"`` (this machine, in a fresh worker) or ``"adb"`` (a phone).
+    ``kind`` is ``"local"`` (this machine, in a fresh worker), ``"adb"`` (a phone) or
+    ``"emulated"`` (arm64 under qemu, on the CPU model ``cpu_model``: ``"a76"`` or ``"a55"``).
     ``threads`` fixes the thread count (None: take the caller's list, else
     ``default_threads``; ``0`` there means all usable cores). ``core`` pins a
     local run to one core: ``"big"``, ``"little"`` or None (no pinning).
@@ -102,6 +110,7 @@ class Target:
     core: str | None = None
     xnnpack: bool = True
     description: str = ""
+    cpu_model: str | None = None
     adb_dir: str = "/data/local/tmp"
     benchmark_binary: str = "/data/local/tmp/benchmark_model"
 
@@ -142,6 +151,11 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("android", kind="adb", default_threads=1,
            description="a phone over adb: push the .tflite, run /data/local/tmp/benchmark_model "
                        "--num_threads=N --use_xnnpack=true, parse its log"),
+    Target("arm64-emulated", kind="emulated", threads=1, cpu_model="a76",
+           description="arm64 under qemu 10 on a Cortex-A76 model: parity against Keras and x86, the "
+                       "kernels that ran; no latency (emulated time means nothing)"),
+    Target("arm64-emulated-a55", kind="emulated", threads=1, cpu_model="a55",
+           description="as arm64-emulated, on a Cortex-A55 (little core) model"),
 )}
 
 
