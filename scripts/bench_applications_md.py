@@ -1,0 +1,152 @@
+"""The report of ``scripts/bench_applications.py``: the counts, the Markdown table and the PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CELLS = (("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
+
+
+def _artifact(row: dict, fmt: str, variant: str) -> dict | None:
+    return next((a for a in row.get("artifacts", []) if a["format"] == fmt and a["variant"] == variant), None)
+
+
+def _passed(row: dict, variant: str) -> bool:
+    arts = [_artifact(row, fmt, variant) for fmt in ("tflite", "onnx")]
+    return all(a is not None and a["passed"] for a in arts)
+
+
+def near_tie_only(a: dict | None) -> bool:
+    """An int8 file out of parity only by top-1 flips that were all near ties of the Keras scores."""
+    p = (a or {}).get("parity") or {}
+    fails = p.get("failures") or []
+    return (bool(p.get("flipped")) and p.get("flipped_near_ties") == p.get("flipped")
+            and all("top1_agreement" in f or "accuracy_delta" in f for f in fails))
+
+
+def counts(rows: list[dict]) -> dict:
+    """``{"fp32": [N, M], "int8": [N, M], "int8_trained": [N, M], "int8_near_ties": [...], ...}``."""
+    m = len(rows)
+    trained = [r for r in rows if r.get("trained_steps")]
+    int8_miss = [r for r in rows if not _passed(r, "int8")]
+    near = [r["family"] for r in int8_miss
+            if all(near_tie_only(_artifact(r, f, "int8")) or (_artifact(r, f, "int8") or {}).get("passed")
+                   for f in ("tflite", "onnx"))]
+    return {"fp32": [sum(_passed(r, "fp32") for r in rows), m],
+            "int8": [sum(_passed(r, "int8") for r in rows), m],
+            "int8_trained": [sum(_passed(r, "int8") for r in trained), len(trained)],
+            "int8_near_ties": near,
+            "int8_other_failures": [r["family"] for r in int8_miss if r["family"] not in near],
+            "fp32_failures": [r["family"] for r in rows if not _passed(r, "fp32")],
+            "decoded": [sum(bool(r.get(k, {}).get("decoded")) for r in rows for k in ("seed", "deep")), 2 * m]}
+
+
+def _cell(a: dict | None) -> str:
+    if a is None:
+        return "-"
+    p = a.get("parity") or {}
+    top1 = p.get("top1_agreement")
+    agree = "" if top1 is None else f"{100 * top1:.1f}%"
+    if a["passed"]:
+        ms = a.get("median_ms")
+        return f"ok {agree}, {'-' if ms is None else f'{ms:.2f} ms'}"
+    if p.get("flipped"):
+        return f"**miss** {agree} ({p['flipped_near_ties']}/{p['flipped']} near ties)"
+    if p:
+        return f"**miss** {agree}, max diff {p.get('max_abs_diff', 0):.2g}"
+    return f"**error**: {a.get('error', '')[:90]}"
+
+
+def _ratio(entry: dict | None) -> str:
+    if not entry:
+        return "-"
+    if not entry.get("decoded"):
+        return f"{entry.get('ratio', '-')}x, **not decoded**"
+    return f"{entry['ratio']}x"
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    s, c = meta["settings"], counts(rows)
+    v = meta.get("versions", {})
+    lines = [
+        "# keras.applications coverage",
+        "",
+        f"Made by `{meta['command']}`. Every family in its smallest member at the smallest input it "
+        "accepts, `weights=None`, `classes=10`, on `synthetic_patterns` (oriented gratings, 10 classes; "
+        f"{s['n_train']} training and {s['n_test']} check samples). Families with a step count were trained "
+        f"briefly (Adam 2e-3, batch 32; BatchNorm momentum set to 0.9 in every family) first; the others stay at random initialisation. Both methods prune at rate "
+        f"{s['rate']} (fine-tuning 1 epoch, and for deep 1 centroid epoch, on the trained families; none on the "
+        "others); ratio: float32 weights / container bytes. The deep container is decoded "
+        "(`store.decode_model`) and its model exported; each file is checked against it (fp32: 100% top-1 "
+        "agreement and max abs diff <= 1e-4; int8: >= 99% agreement and <= 0.5 point lost) and benchmarked "
+        "(median, batch 1, 1 thread). Cells: parity verdict, top-1 agreement, latency; a miss gives how many "
+        "of the flipped answers were near ties of the Keras model's top two scores.",
+        "",
+        f"Versions: TF {v.get('tensorflow-cpu', '?')}, Keras {v.get('keras', '?')}, tf2onnx {v.get('tf2onnx', '?')}, "
+        f"onnx {v.get('onnx', '?')}, ONNX Runtime {v.get('onnxruntime', '?')}, LiteRT {v.get('ai-edge-litert', '?')}. "
+        f"{meta['machine']}, shared with other jobs during the run (load average {meta.get('load_before')} -> "
+        f"{meta.get('load_after')}): latencies are indicative only. {meta.get('seconds', 0) / 60:.0f} min in all.",
+        "",
+        "| family | input | params | MACs | trained | seed ratio | deep ratio (B) | deep acc | "
+        "TFLite fp32 | TFLite int8 | ONNX fp32 | ONNX int8 |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|---|---|---|",
+    ]
+    for r in rows:
+        name = f"{r['family']}" + (f" ({', '.join(f'{k} {v}' for k, v in r['options'].items())})" if r.get("options") else "")
+        if "params" not in r:
+            lines.append(f"| {name} | {r.get('input')} | - | - | - | - | - | - | **{r.get('error')}** | | | |")
+            continue
+        trained = (f"{r['trained_steps']} steps, acc {100 * r['accuracy']:.0f}%" if r.get("trained_steps")
+                   else f"no (acc {100 * r['accuracy']:.0f}%)")
+        deep = r.get("deep", {})
+        acc = f"{100 * deep['accuracy']:.0f}%" if deep.get("accuracy") is not None else "-"
+        cells = " | ".join(_cell(_artifact(r, f, v)) for f, v in CELLS)
+        lines.append(f"| {name} | {r['input']} | {r['params']:,} | {r['macs']:,} | {trained} | {_ratio(r.get('seed'))} | "
+                     f"{_ratio(deep)} ({deep.get('container_bytes', 0):,}) | {acc} | {cells} |")
+    f32, i8, i8t = c["fp32"], c["int8"], c["int8_trained"]
+    lines += [
+        "",
+        f"- fp32 TFLite and ONNX both in parity: **{f32[0]} of {f32[1]} families**"
+        + (f" (not: {', '.join(c['fp32_failures'])})" if c["fp32_failures"] else "") + ".",
+        f"- int8 TFLite and ONNX both in parity: **{i8[0]} of {i8[1]} families**; of the briefly trained ones "
+        f"**{i8t[0]} of {i8t[1]}**.",
+        f"- int8 misses where every flipped answer was a near tie: {', '.join(c['int8_near_ties']) or 'none'}; "
+        f"other int8 misses: {', '.join(c['int8_other_failures']) or 'none'}.",
+        f"- Containers decoded: {c['decoded'][0]} of {c['decoded'][1]} (seed and deep).",
+        "",
+    ]
+    errors = [(r["family"], r["error"]) for r in rows if r.get("error")]
+    errors += [(r["family"], f"{a['format']} {a['variant']}: {a['error']}") for r in rows
+               for a in r.get("artifacts", []) if a.get("error") and not a.get("parity")]
+    if errors:
+        lines += ["Errors:", ""] + [f"- {f}: {e}" for f, e in errors] + [""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Two panels: deep and seed container ratio per family; median latency of each passing file."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in rows if "params" in r]
+    if not rows:
+        return
+    names = [r["family"] for r in rows]
+    xs = np.arange(len(rows))
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.8 * len(rows)), 7), sharex=True)
+    for k, (method, off) in enumerate((("seed", -0.2), ("deep", 0.2))):
+        ax1.bar(xs + off, [r.get(method, {}).get("ratio", 0) for r in rows], 0.4, label=f"{method} container")
+    ax1.set_ylabel("float32 weights / container")
+    ax1.legend()
+    for k, (fmt, variant) in enumerate(CELLS):
+        ms = [(_artifact(r, fmt, variant) or {}).get("median_ms") or np.nan for r in rows]
+        ax2.bar(xs + (k - 1.5) * 0.2, ms, 0.2, label=f"{fmt} {variant}")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("median ms (batch 1, 1 thread)")
+    ax2.legend(fontsize=8)
+    ax2.set_xticks(xs, names, rotation=40, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,155 @@
+"""keras.applications models through compress -> container -> decode -> export -> parity, and the
+ONNX fix for tensors a traced Keras call captures by value (Normalization's mean and variance)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecomp import store
+from edgecomp.pipeline import compress
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+
+def _normalized_model():
+    import keras
+    x = np.random.default_rng(0).normal(3.0, 2.0, (64, 8, 8, 3)).astype(np.float32)
+    inp = keras.Input((8, 8, 3))
+    adapted = keras.layers.Normalization(axis=-1)
+    adapted.adapt(x)
+    h = keras.layers.Normalization(mean=[1.0, 2.0, 3.0], variance=[4.0, 5.0, 6.0])(adapted(inp))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(h))
+    return keras.Model(inp, keras.layers.Dense(3)(h)), x
+
+
+def _serve(model):
+    import tensorflow as tf
+    from exporters.onnx import _input_signature
+    signature = _input_signature(model)
+
+    @tf.function(input_signature=signature)
+    def serve(x):
+        return model(x, training=False)
+    return serve, signature
+
+
+def test_tf2onnx_quirk_is_still_there():
+    """tf2onnx 1.17 / TF 2.21 / Keras 3.15: the captured constants come out as graph inputs. If this
+    fails, a newer tf2onnx converts them itself and exporters/onnx_captures.py can go."""
+    import tf2onnx
+    model, _ = _normalized_model()
+    serve, signature = _serve(model)
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=17)
+    assert len(proto.graph.input) > 1
+
+
+def test_captured_constants_become_initializers():
+    import tf2onnx
+    from exporters.onnx_captures import captured_constants, inline_captured_constants
+    model, _ = _normalized_model()
+    serve, signature = _serve(model)
+    values = captured_constants(serve, signature)
+    assert values and all(v.dtype == np.float32 for v in values.values())
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=17)
+    extra = [i.name for i in proto.graph.input][1:]
+    assert inline_captured_constants(proto, values) == extra
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert {i.name for i in proto.graph.initializer} & set(extra)   # read by a node: kept as a value
+
+
+def test_normalization_model_exports_onnx_in_parity(tmp_path):
+    import onnx
+
+    import exporters
+    model, x = _normalized_model()
+    for variant in ("fp32", "dynamic"):
+        art = exporters.export_and_check(model, "onnx", variant, tmp_path / f"n_{variant}.onnx",
+                                         calibration=x, check_x=x)
+        assert art.parity["passed"], art.parity
+        assert [i.name for i in onnx.load(art.path).graph.input] == ["input"]
+
+
+def _family_chain(family, tmp_path, method="deep"):
+    import keras
+
+    import exporters
+    from bench_applications import build, data
+    keras.utils.set_random_seed(0)
+    model = build(family)
+    ds = data(family, 64, 32)
+    result = compress(model, (ds.x_train, ds.y_train), rate=0.5, method=method, fine_tune_epochs=0,
+                      verbose=0, bits="conv=6,dense=5" if method == "deep" else None)
+    decoded = store.decode_model(result.container)
+    arts = [exporters.export_and_check(decoded, fmt, "fp32", tmp_path / f"{family}.{fmt}",
+                                       check_x=ds.x_test, check_y=ds.y_test) for fmt in ("tflite", "onnx")]
+    for a in arts:
+        assert a.parity["top1_agreement"] == 1.0 and a.parity["max_abs_diff"] <= 1e-4
+    return result, arts
+
+
+def test_efficientnetb0_onnx_runs_and_agrees(tmp_path):
+    """The issue's case, quickly: EfficientNetB0's Normalization layer no longer leaves required inputs."""
+    import keras
+    import onnx
+
+    import exporters
+    from bench_applications import build, data
+    keras.utils.set_random_seed(0)
+    ds = data("EfficientNetB0", 8, 16)
+    art = exporters.export_and_check(build("EfficientNetB0"), "onnx", "fp32", tmp_path / "e.onnx", check_x=ds.x_test)
+    assert art.parity["passed"] and [i.name for i in onnx.load(art.path).graph.input] == ["input"]
+
+
+@pytest.mark.slow
+def test_efficientnetb0_compresses_decodes_and_exports_fp32_in_parity(tmp_path):
+    """The whole chain on EfficientNetB0 (deep method): ~50 s on 2 idle cores."""
+    import onnx
+    result, arts = _family_chain("EfficientNetB0", tmp_path)
+    assert len(result.container) < 0.25 * 4 * sum(r["params"] for r in result.report)
+    assert [i.name for i in onnx.load(arts[1].path).graph.input] == ["input"]
+
+
+def test_mobilenetv3small_seed_method_chain(tmp_path):
+    """The CI family: compress (seed) -> container -> decode -> TFLite and ONNX fp32 in parity."""
+    _family_chain("MobileNetV3Small", tmp_path, method="seed")
+
+
+def test_every_family_builds_at_its_smallest_input():
+    from bench_applications import FAMILIES, build
+    for family in ("MobileNet", "InceptionV3", "Xception"):
+        model = build(family)
+        assert model.inputs[0].shape[1] == FAMILIES[family][2] and model.outputs[0].shape[-1] == 10
+    assert len(FAMILIES) == 14
+
+
+def _row(family, passed, flipped=0, near=0):
+    def art(fmt, variant):
+        ok = passed[(fmt, variant)]
+        parity = {"top1_agreement": 1.0 if ok else 0.9, "failures": [] if ok else [f"{variant} parity: top1_agreement 0.9"],
+                  "flipped": 0 if ok else flipped, "flipped_near_ties": 0 if ok else near}
+        return {"format": fmt, "variant": variant, "passed": ok, "parity": parity, "median_ms": 1.0}
+    return {"family": family, "options": {}, "input": 32, "params": 10, "macs": 20, "trained_steps": 0,
+            "accuracy": 0.1, "seed": {"ratio": 5.0, "decoded": True, "container_bytes": 8},
+            "deep": {"ratio": 9.0, "decoded": True, "container_bytes": 4, "accuracy": 0.1},
+            "artifacts": [art(f, v) for f in ("tflite", "onnx") for v in ("fp32", "int8")]}
+
+
+def test_report_counts_families_and_near_ties():
+    from bench_applications_md import counts, markdown
+    ok = {(f, v): True for f in ("tflite", "onnx") for v in ("fp32", "int8")}
+    rows = [_row("A", ok), _row("B", {**ok, ("onnx", "int8"): False}, flipped=3, near=3),
+            _row("C", {**ok, ("tflite", "int8"): False}, flipped=3, near=1),
+            _row("D", {**ok, ("onnx", "fp32"): False}, flipped=1, near=0),
+            {"family": "E", "input": 75, "options": {}, "artifacts": [], "error": "timed out after 5 s"}]
+    c = counts(rows)
+    assert c["fp32"] == [3, 5] and c["int8"] == [2, 5]
+    assert c["int8_near_ties"] == ["B"] and c["int8_other_failures"] == ["C", "E"]
+    md = markdown(rows, {"settings": {"n_train": 1, "n_test": 1, "rate": 0.8}, "command": "x", "machine": "m"})
+    assert "**3 of 5 families**" in md and "timed out after 5 s" in md
+
+
+def test_unknown_family_is_refused():
+    from bench_applications import main
+    assert main(["--families", "ResNet9000", "--out", "/nonexistent/never"]) == 2
