@@ -381,9 +381,11 @@ def _run_worker(path: Path, inputs: dict, settings: dict, timeout_s: float) -> d
         out.unlink(missing_ok=True)
 
 
-def _predict_in_worker(path: Path, inputs: dict, timeout_s: float) -> np.ndarray:
-    """Outputs of model file ``path`` for the saved inputs, computed in a fresh worker."""
-    spec = {"job": "predict", "path": str(path.resolve()), "x": inputs["x"], "out_suffix": ".npy"}
+def _predict_in_worker(path: Path, inputs: dict, timeout_s: float, resolver: str | None = None) -> np.ndarray:
+    """Outputs of model file ``path`` for the saved inputs, computed in a fresh worker
+    (``resolver``: LiteRT's, e.g. ``"auto"`` to fall back to the builtin kernels)."""
+    spec = {"job": "predict", "path": str(path.resolve()), "x": inputs["x"], "out_suffix": ".npy",
+            "resolver": resolver}
     out, failure = _spawn_worker(spec, Path(inputs["folder"]), timeout_s)
     try:
         if failure:

@@ -116,7 +116,8 @@ def check_file(path: str | Path, x: np.ndarray, keras_ref: np.ndarray | None, *,
         try:
             if x86 is None:
                 from runtime_bench.bench import _predict_in_worker
-                x86 = _predict_in_worker(Path(path), {"x": str(x_file), "folder": tmp}, 600)
+                x86 = _predict_in_worker(Path(path), {"x": str(x_file), "folder": tmp}, 600,
+                                         resolver="auto" if str(path).endswith(".tflite") else None)
             pred, info = (runner or run_on_arm)(path, x_file, tmp, cpu=cpu, trace=trace, env=env)
         except EdgecompError as exc:
             rec["error"] = one_line(exc)

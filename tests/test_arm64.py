@@ -186,3 +186,29 @@ def test_policy_refuses_what_the_sparse_path_cannot_take():
     with pytest.raises(EdgecompError, match="pw1/kernel has 50.0% zeros"):
         policy.verify(good, {"pw1/kernel": np.array([True, False])})
     assert XNNPackSparse.from_config(policy.get_config()) == policy
+
+
+def test_bench_cli_on_the_emulated_target(arm_env, tmp_path, capsys):
+    import json
+
+    import keras
+
+    import exporters
+    from edgecomp import cli
+
+    keras.utils.set_random_seed(2)
+    x, y = _data(n=40, shape=(16, 16, 3))
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    inp = keras.Input(x.shape[1:])
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(inp))
+    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(h))
+    model.save(tmp_path / "m.keras")
+    exporters.export(model, "tflite", "fp32", tmp_path / "m_fp32.tflite")
+    rc = cli.main(["bench", str(tmp_path / "m_fp32.tflite"), "--data", str(tmp_path / "d.npz"), "--target",
+                   "arm64-emulated", "--reference", str(tmp_path / "m.keras"), "-o", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rec = json.loads((tmp_path / "out" / "bench.json").read_text())["records"][0]
+    assert rec["target"] == "arm64-emulated" and rec["median_ms"] is None and rec["error"] is None
+    assert rec["top1_agreement"] == 1.0 and rec["emulation"]["vs_x86"]["top1_agreement"] == 1.0
+    assert "PASS" in out and "say nothing about a phone" in out
