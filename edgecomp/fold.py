@@ -39,10 +39,11 @@ import numpy as np
 from edgecomp.errors import EdgecompError, first_line
 from edgecomp.graph import ModelGraph
 
-__all__ = ["fold_batchnorm", "fold_plan", "bn_affine", "folded_summary"]
+__all__ = ["fold_batchnorm", "fold_plan", "bn_affine", "folded_summary", "storage_form"]
 
 _CONVS = ("Conv1D", "Conv2D", "Conv3D")
 _TARGETS = _CONVS + ("Dense",)
+_DEPTHWISE = ("DepthwiseConv1D", "DepthwiseConv2D")
 
 
 def bn_affine(layer) -> tuple[np.ndarray, np.ndarray]:
@@ -98,11 +99,13 @@ def _is_pointwise_conv(cfg: dict) -> bool:
     return all(int(k) == 1 for k in size) and int(cfg.get("groups", 1)) == 1
 
 
-def fold_plan(model) -> dict[str, tuple[str, str]]:
+def fold_plan(model, depthwise: bool = False) -> dict[str, tuple[str, str]]:
     """Which BatchNorm layers fold, and into what: ``{bn name: ("back" | "forward", layer name)}``.
 
     The one plan :func:`fold_batchnorm` (for export) and quantization-aware training (folding
-    on the fly, :mod:`edgecomp.qat`) both follow.
+    on the fly, :mod:`edgecomp.qat`) both follow. ``depthwise=True`` also folds a BN back into
+    a ``DepthwiseConv1D/2D`` before it (what :func:`storage_form` does; its output channel
+    ``i * multiplier + m`` is kernel entry ``[..., i, m]``).
 
     Example:
         >>> fold_plan(model)["stem_bn"]
@@ -139,7 +142,7 @@ def fold_plan(model) -> dict[str, tuple[str, str]]:
             continue
         prev = bn.inputs[0].producer.name
         pcfg = entries[prev]["config"]
-        if (kind(prev) in _TARGETS and prev not in claimed and single_call(prev)
+        if (kind(prev) in _TARGETS + (_DEPTHWISE if depthwise else ()) and prev not in claimed and single_call(prev)
                 and consumers(prev) == [name] and pcfg.get("activation", "linear") == "linear"
                 and pcfg.get("data_format", "channels_last") == "channels_last"):
             plan[name] = ("back", prev)
@@ -243,3 +246,95 @@ def folded_summary(model, folded) -> dict:
     return {"bn_before": count(model), "bn_after": count(folded),
             "params_before": int(model.count_params()), "params_after": int(folded.count_params())}
 
+
+
+def _walk(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:  # nested model
+            yield from _walk(layer)
+        else:
+            yield layer
+
+
+def unit_variance(epsilon: float) -> np.float32:
+    """The float32 ``v`` with ``float32(v + float32(epsilon)) == 1``: a stored moving variance
+    that makes the BN's ``1 / sqrt(var + eps)`` exactly 1."""
+    eps = np.float32(epsilon)
+    v = np.float32(1) - eps
+    for _ in range(8):
+        total = np.float32(v + eps)
+        if total == 1:
+            break
+        v = np.nextafter(v, np.float32(-np.inf) if total > 1 else np.float32(np.inf))
+    return v
+
+
+def storage_form(model, weights: dict[str, np.ndarray], coded=frozenset()) -> tuple[dict, dict, dict]:
+    """``weights`` (``{variable path: array}``, as :func:`edgecomp.store.model_weights` gives)
+    rewritten so each inference BatchNorm stores fewer distinct numbers, computing the same
+    inference function (to float rounding); the original model is not changed.
+
+    - A BN with both ``gamma`` and ``beta`` is stored as its affine map ``y = a * x + c``:
+      ``gamma = a``, ``beta = c``, ``moving_mean = 0``, ``moving_variance = v`` with
+      ``v + eps == 1`` in float32 (two constant vectors, one value each in a ``const`` record).
+    - Where :func:`fold_plan` (depthwise included) folds that BN back into a Conv/Dense/Depthwise
+      layer whose kernel is not in ``coded`` (a codebook-coded kernel must keep its shared
+      values), ``a`` goes into the kernel's output channels, ``gamma = 1``, and the layer's bias
+      (when it has one) becomes ``a * b + c`` with ``beta = 0``.
+
+    The BN layers stay, so the decoded model has the same layers and weights; only its BN
+    moving statistics are gone (training it further in training mode starts them afresh).
+
+    Returns ``(weights, scales, summary)``. ``scales`` maps each rewritten scale and shift
+    vector to the per-channel error scale compact storage holds it to, in units of the BN
+    output's spread ``s = |a| * sqrt(var)`` (measured by the moving statistics): an error
+    ``d`` in the shift moves the output by ``d``, so its scale is ``s / 2``; an error in the
+    scale moves it by about ``d * (|mean| + sqrt(var))``, so its scale is
+    ``s / (2 * (|mean| + sqrt(var)))``. The summary counts ``bn_affine`` and lists ``bn_folded``.
+
+    Example:
+        >>> w2, scales, s = storage_form(model, store.model_weights(model), coded={"conv2/kernel"})
+        >>> s["bn_folded"]
+        ['stem_bn']
+    """
+    out = dict(weights)
+    bns = [layer for layer in _walk(model) if type(layer).__name__ == "BatchNormalization"
+           and layer.gamma is not None and layer.beta is not None
+           and all(v.path in out for v in (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance))]
+    try:
+        plan = fold_plan(model, depthwise=True) if bns else {}
+    except EdgecompError:   # a subclassed model: affine form only
+        plan = {}
+    by_name = {layer.name: layer for layer in _walk(model)}
+    folded, scales = [], {}
+    for bn in bns:
+        g, b = bn.gamma.path, bn.beta.path
+        mean = np.asarray(out[bn.moving_mean.path], np.float64)
+        var = np.asarray(out[bn.moving_variance.path], np.float64)
+        a = np.asarray(out[g], np.float64) / np.sqrt(var + float(bn.epsilon))
+        c = np.asarray(out[b], np.float64) - a * mean
+        spread = np.abs(a) * np.sqrt(np.maximum(var, 0))
+        shift_scale, scale_scale = spread / 2, spread / (2 * (np.abs(mean) + np.sqrt(np.maximum(var, 0))) + 1e-30)
+        mode, target = plan.get(bn.name, ("", ""))
+        layer = by_name.get(target)
+        kernel = getattr(layer, "kernel", None)
+        bias = getattr(layer, "bias", None)
+        free = lambda var: var is not None and var.path in out and var.path not in coded  # noqa: E731
+        if mode == "back" and free(kernel) and (bias is None or free(bias)):
+            w = np.asarray(out[kernel.path], np.float64)
+            if type(layer).__name__ in _DEPTHWISE:
+                w = w * a.reshape(w.shape[-2], w.shape[-1])
+            else:
+                w = w * a
+            out[kernel.path] = w.astype(np.float32)
+            if bias is not None:
+                out[bias.path] = (a * np.asarray(out[bias.path], np.float64) + c).astype(np.float32)
+                scales[bias.path] = shift_scale
+                c = np.zeros_like(c)
+            a = np.ones_like(a)
+            folded.append(bn.name)
+        out[g], out[b] = a.astype(np.float32), c.astype(np.float32)
+        scales[g], scales[b] = scale_scale, shift_scale
+        out[bn.moving_mean.path] = np.zeros(mean.shape, np.float32)
+        out[bn.moving_variance.path] = np.full(var.shape, unit_variance(bn.epsilon), np.float32)
+    return out, scales, {"bn_affine": len(bns), "bn_folded": folded}

@@ -39,20 +39,86 @@ def model_weights(model) -> dict[str, np.ndarray]:
     return out
 
 
-def encode_model(model, methods: dict[str, str] | None = None, info: dict | None = None) -> bytes:
-    """Container bytes for ``model``: architecture config, weights coded per ``methods``."""
+#: How the tensors ``methods`` does not code (BatchNorm parameters, biases, uncoded kernels) are
+#: stored: policy -> (store BNs in their folded form?, compact methods allowed).
+#: ``raw``: float32, as before (lossless: what checkpoints need). ``fold``: BN folded form
+#: (:func:`edgecomp.fold.storage_form`), its constant vectors as ``const``. ``fp16`` adds half
+#: floats, ``compact`` adds 8-bit, each only where the decode stays within ``tol``.
+SMALL_POLICIES = {"raw": (False, ()), "fold": (True, ("const",)), "fp16": (True, ("const", "f16")),
+                  "compact": (True, ("const", "q8", "f16"))}
+
+
+def _small_plan(model, weights: dict, coded: set, small: str, tol: float | None):
+    """``(weights, {name: compact MethodSpec} or None, storage meta or None)`` for policy ``small``:
+    a BN's rewritten scale and shift are held to their error scales in output units
+    (:func:`edgecomp.fold.storage_form`), any other tensor to its own values'."""
+    if small not in SMALL_POLICIES:
+        raise EdgecompError(f"unknown small-tensor storage '{small}'", fix=f"use one of: {', '.join(SMALL_POLICIES)}")
+    fold_bn, allow = SMALL_POLICIES[small]
+    if small == "raw":
+        return weights, None, None
+    tol = codec.COMPACT_TOL if tol is None else float(tol)
+    summary, scales = {}, {}
+    if fold_bn:
+        from edgecomp.fold import storage_form
+        weights, scales, summary = storage_form(model, weights, coded)
+    storage = {"small": small, "tol": tol, "bn_affine": summary.get("bn_affine", 0),
+               "bn_folded": len(summary.get("bn_folded", ()))}
+    spec = lambda n: codec.MethodSpec("compact", {"tol": tol, "allow": allow,  # noqa: E731
+                                                  **({"scale": scales[n]} if n in scales else {})})
+    return weights, {n: spec(n) for n in weights if n not in coded}, storage
+
+
+def _method_name(m) -> str:
+    return m.method if isinstance(m, codec.MethodSpec) else m
+
+
+def encode_model(model, methods: dict[str, str] | None = None, info: dict | None = None, *,
+                 small: str = "raw", tol: float | None = None) -> bytes:
+    """Container bytes for ``model``: architecture config, weights coded per ``methods``; the
+    weights ``methods`` leaves out are stored per ``small`` (:data:`SMALL_POLICIES`) within ``tol``
+    (default ``codec.COMPACT_TOL``: each value within 2**-10, see :func:`edgecomp.codec.compact.within`).
+
+    Example:
+        >>> data = encode_model(model, specs, small="compact")   # BN folded form, fp16/8-bit/const
+    """
     config = json.loads(model.to_json())
     # The architecture only: training settings (optimizer, loss, with process-global counters
     # in their names) are not part of the model and would make the bytes depend on history.
     config.pop("compile_config", None)
     meta = {"format": FORMAT_NAME, "keras_config": config, "info": info or {}}
-    return codec.encode_weights(model_weights(model), methods, meta)
+    methods = dict(methods or {})
+    coded = {n for n, m in methods.items() if _method_name(m) != "raw"}
+    weights, specs, storage = _small_plan(model, model_weights(model), coded, small, tol)
+    if specs is not None:
+        methods = {**{n: s for n, s in specs.items() if n not in methods}, **methods}
+        meta["storage"] = storage
+    return codec.encode_weights(weights, methods, meta)
+
+
+def compact_container(data: bytes, small: str = "compact", tol: float | None = None) -> bytes:
+    """``data`` (container bytes) with its raw float32 records stored per ``small`` instead;
+    every coded record (seed, deep) is kept byte for byte.
+
+    Example:
+        >>> smaller = compact_container(result.container)    # same model, fewer bytes
+    """
+    from edgecomp.codec.container import write_container
+
+    meta, records = codec.read_container(data)
+    model = decode_model(data, qat=False)
+    raw = {r.name for r in records if r.method == codec.RAW}
+    weights, specs, storage = _small_plan(model, model_weights(model), {r.name for r in records} - raw, small, tol)
+    if specs is None:
+        return bytes(data)
+    out = [codec.encode_tensor(r.name, weights[r.name], specs[r.name]) if r.name in raw else r for r in records]
+    return write_container({**meta, "storage": storage}, out)
 
 
 def save_compressed(model, path: str | os.PathLike, methods: dict[str, str] | None = None,
-                    info: dict | None = None) -> int:
+                    info: dict | None = None, *, small: str = "raw", tol: float | None = None) -> int:
     """Write ``model`` as a container at ``path`` (atomically); return the file's bytes."""
-    data = encode_model(model, methods, info)
+    data = encode_model(model, methods, info, small=small, tol=tol)
     write_bytes(path, data)
     return len(data)
 

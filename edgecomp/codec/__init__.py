@@ -14,6 +14,13 @@ Methods (one byte in each tensor record; ``docs/FORMAT.md`` has the byte map):
 
     >>> encode_tensor("fc/kernel", shared_w, "deep", bits=5, index_bits=8, coder="huffman")
     >>> encode_weights(weights, {"fc/kernel": deep_spec(shared)})   # a SharedTensor
+
+* ``f16`` (3), ``q8`` (4), ``const`` (5): compact storage of small dense tensors (half
+  floats; 8-bit affine codes; one value). The pseudo-method ``compact`` (options ``tol``,
+  ``allow``, ``scale``) picks the smallest of them whose decode keeps every value within ``tol``
+  (relative, floored at the tensor's median magnitude), else ``raw`` (see
+  :mod:`edgecomp.codec.compact`). Files that use them are version 2.1; a file without them is
+  written as 2.0, byte for byte as before.
 """
 
 from __future__ import annotations
@@ -23,14 +30,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edgecomp.codec import deep, seed_index
-from edgecomp.codec.container import (MAX_ELEMENTS, TensorRecord, read_container,
+from edgecomp.codec import compact, deep, seed_index
+from edgecomp.codec.container import (KIND_TENSOR, MAX_ELEMENTS, TensorRecord, read_container,
                                       write_container)
 from edgecomp.errors import ContainerError, EdgecompError
 from edgecomp.quantization import dequantize_linear, quantize_linear
 
 RAW, SEED, DEEP = 0, 1, deep.METHOD_ID
-METHOD_IDS = {"raw": RAW, "seed": SEED, "deep": DEEP}
+F16, Q8, CONST = compact.F16, compact.Q8, compact.CONST
+METHOD_IDS = {"raw": RAW, "seed": SEED, "deep": DEEP, "f16": F16, "q8": Q8, "const": CONST}
 METHOD_NAMES = {v: k for k, v in METHOD_IDS.items()}
 
 
@@ -79,13 +87,25 @@ def _decode_seed(rec: TensorRecord) -> np.ndarray:
 
 
 #: Method name -> encoder(name, w, **options). A new method takes the next free id.
-_ENCODERS = {"raw": _encode_raw, "seed": _encode_seed, "deep": deep.encode}
+_ENCODERS = {"raw": _encode_raw, "seed": _encode_seed, "deep": deep.encode, **compact.ENCODERS}
 #: Method id -> decoder for a list of records (``deep`` decodes a batch in one pass).
 _BATCH_DECODERS = {RAW: lambda recs: [_decode_raw(r) for r in recs],
                    SEED: lambda recs: [_decode_seed(r) for r in recs],
-                   DEEP: deep.decode_records}
+                   DEEP: deep.decode_records,
+                   **{m: (lambda recs, f=f: [f(r) for r in recs]) for m, f in compact.DECODERS.items()}}
+def _encode_compact(name, w, tol=compact.DEFAULT_TOL, allow=compact.ORDER, scale=None) -> TensorRecord:
+    return compact.choose_record(name, w, tol, tuple(allow), scale) or _encode_raw(name, w)
+
+
+_ENCODERS["compact"] = _encode_compact
 #: Method name -> the options its encoder takes.
-_OPTIONS = {"raw": (), "seed": (), "deep": deep.OPTIONS}
+_OPTIONS = {"raw": (), "seed": (), "deep": deep.OPTIONS, "f16": (), "q8": (), "const": (),
+            "compact": ("tol", "allow", "scale")}
+#: Method name -> the names of its record's streams, in order (for size reports).
+STREAM_NAMES = {"raw": ("values",), "seed": ("gaps", "values"), "deep": ("codebook", "gaps", "indices"),
+                "f16": ("values",), "q8": ("codes",), "const": ()}
+#: The bound compact storage holds by default (see :mod:`edgecomp.codec.compact`).
+COMPACT_TOL = compact.DEFAULT_TOL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,5 +221,36 @@ def tensor_records(data: bytes) -> list[TensorRecord]:
     return read_container(data)[1]
 
 
+def stream_shares(data: bytes) -> dict[str, int]:
+    """A container's bytes by stream, summing to ``len(data)``: ``header`` (file and section
+    headers), ``description`` (the deflated META), ``records`` (each tensor's name, shape,
+    method, params and stream lengths) and ``METHOD:STREAM`` for every coded stream
+    (``deep:codebook``, ``deep:gaps``, ``deep:indices``, ``seed:gaps``, ``raw:values``,
+    ``f16:values``, ``q8:codes``, ...).
+
+    Example:
+        >>> shares = stream_shares(data)
+        >>> sum(shares.values()) == len(data)
+        True
+    """
+    from edgecomp.codec.container import section_spans
+    out = {"header": 0, "description": 0, "records": 0}
+    records = iter(read_container(data)[1])
+    for kind, head, length in section_spans(data):
+        out["header"] += head
+        if kind == KIND_TENSOR:
+            rec = next(records)
+            method = METHOD_NAMES.get(rec.method, str(rec.method))
+            names = STREAM_NAMES.get(method, ())
+            for i, s in enumerate(rec.streams):
+                key = f"{method}:{names[i] if i < len(names) else i}"
+                out[key] = out.get(key, 0) + len(s)
+            out["records"] += length - rec.stream_bytes
+        else:
+            out["description"] += length
+    return out
+
+
 __all__ = ["encode_weights", "decode_weights", "weights_from_records", "read_container", "encode_tensor", "decode_tensor", "tensor_records",
-           "quantized_reference", "deep_spec", "MethodSpec", "METHOD_IDS", "METHOD_NAMES"]
+           "quantized_reference", "deep_spec", "MethodSpec", "METHOD_IDS", "METHOD_NAMES", "STREAM_NAMES",
+           "COMPACT_TOL", "stream_shares"]

@@ -28,7 +28,12 @@ import numpy as np
 from edgecomp.errors import ContainerError
 
 MAGIC = b"\x89ECZ\r\n\x1a\n"
-VERSION = (2, 0)
+#: 2.1 adds tensor methods 3-5 (f16, q8, const). A file using none of them is written as 2.0,
+#: byte for byte what 2.0 wrote, so older readers still read it; a 2.0 reader meets a method
+#: it does not know in a 2.1 file with a one-line "unknown method" error.
+VERSION = (2, 1)
+#: The lowest method id that needs minor version 1.
+_V21_METHODS = 3
 #: Major versions this reader accepts (v1 files use only the raw and seed methods, same layout).
 READABLE_MAJORS = (1, 2)
 KIND_META, KIND_TENSOR, KIND_META_DEFLATED = 1, 2, 3
@@ -86,8 +91,20 @@ def write_container(meta: dict, records: list[TensorRecord]) -> bytes:
     packer = zlib.compressobj(9, zlib.DEFLATED, -15)
     sections = [_section(KIND_META_DEFLATED, packer.compress(text) + packer.flush())]
     sections += [_section(KIND_TENSOR, _tensor_payload(r)) for r in records]
-    head = _HEADER.pack(MAGIC, *VERSION, len(sections))
+    minor = VERSION[1] if any(r.method >= _V21_METHODS for r in records) else 0
+    head = _HEADER.pack(MAGIC, VERSION[0], minor, len(sections))
     return head + struct.pack("<I", zlib.crc32(head)) + b"".join(sections)
+
+
+def section_spans(data: bytes) -> list[tuple[int, int, int]]:
+    """``(kind, header bytes, payload bytes)`` for the file header (kind 0) and each section of
+    container bytes that :func:`read_container` has already accepted (for size reports)."""
+    spans, pos = [(0, _HEADER.size + 4, 0)], _HEADER.size + 4
+    while pos < len(data):
+        kind, length, _crc = _SECTION.unpack_from(data, pos)
+        spans.append((kind, _SECTION.size, length))
+        pos += _SECTION.size + length
+    return spans
 
 
 class _Reader:
