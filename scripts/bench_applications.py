@@ -42,14 +42,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 #: family -> (constructor in keras.applications, its options, smallest input side accepted).
 #: Smallest member of each family; the sides are the constructors' own minimums (Inception*
-#: 75, Xception 71, the rest 32) with include_top=True and weights=None. Cheapest first.
+#: 75, Xception 71, the rest 32) with include_top=True and weights=None. Trained ones first, then cheapest first.
 FAMILIES = {
     "MobileNet": ("MobileNet", {"alpha": 0.25}, 32),
     "MobileNetV2": ("MobileNetV2", {"alpha": 0.35}, 32),
     "MobileNetV3Small": ("MobileNetV3Small", {"alpha": 0.75}, 32),
     "EfficientNetB0": ("EfficientNetB0", {}, 32),
-    "EfficientNetV2B0": ("EfficientNetV2B0", {}, 32),
     "ResNet50": ("ResNet50", {}, 32),
+    "EfficientNetV2B0": ("EfficientNetV2B0", {}, 32),
     "NASNetMobile": ("NASNetMobile", {}, 32),
     "DenseNet121": ("DenseNet121", {}, 32),
     "ResNet50V2": ("ResNet50V2", {}, 32),
@@ -71,8 +71,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of " + ", ".join(FAMILIES))
     p.add_argument("--quick", action="store_true", help="fewer samples, steps and timed runs (a smoke run)")
     p.add_argument("--train", default=",".join(TRAINED), help="families trained briefly before compression ('' none)")
-    p.add_argument("--train-steps", type=int, default=None, help="training steps, batch 32 (default 160; quick 48)")
-    p.add_argument("--rate", type=float, default=0.8, help="pruning rate of both methods")
+    p.add_argument("--train-steps", type=int, default=None, help="training steps, batch 32 (default 240; quick 48)")
+    p.add_argument("--rate", type=float, default=0.5, help="pruning rate of both methods")
+    p.add_argument("--fine-tune-epochs", type=int, default=3,
+                   help="masked fine-tuning (and deep: centroid) epochs of the trained families (the rest: 0)")
     p.add_argument("--n-train", type=int, default=None, help="training samples (default 512; quick 256)")
     p.add_argument("--n-test", type=int, default=None, help="parity and bench samples (default 256; quick 64)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per file (default 30; quick 5)")
@@ -83,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
                    help="take a family's row from --work when an earlier run with the same settings left it")
     p.add_argument("--out", default="docs/results/applications", help="folder for applications.{json,md,png}")
     p.add_argument("--work", default="runs/bench_applications", help="folder for the model files")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite applications.md and .png in --out from its applications.json (no runs)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)   # internal: run one family here
     return p
 
@@ -91,7 +95,8 @@ def settings(args) -> dict:
     q = args.quick
     pick = lambda v, full, quick: v if v is not None else (quick if q else full)  # noqa: E731
     return {"rate": args.rate, "train": [f for f in args.train.split(",") if f],
-            "train_steps": pick(args.train_steps, 160, 48), "n_train": pick(args.n_train, 512, 256),
+            "train_steps": pick(args.train_steps, 240, 48), "fine_tune_epochs": args.fine_tune_epochs,
+            "n_train": pick(args.n_train, 512, 256),
             "n_test": pick(args.n_test, 256, 64), "runs": pick(args.runs, 30, 5), "quick": q}
 
 
@@ -161,7 +166,9 @@ def run_family(family: str, cfg: dict, work: Path, log) -> dict:
             # keras.applications' 0.99-0.999: moving statistics settle only after thousands of steps,
             # and these runs take ~160 (the zoo's nets use 0.9 for the same reason).
             layer.momentum = 0.9
-    row.update({"params": int(model.count_params()), "macs": int(count_macs(model)[1]), "stages": {}})
+    row.update({"params": int(model.count_params()), "macs": int(count_macs(model)[1]), "stages": {},
+                "normalization_layers": sum(isinstance(layer, keras.layers.Normalization)   # the ONNX quirk's case
+                                            for layer in model._flatten_layers(include_self=False))})  # noqa: SLF001
     log(f"built: {row['params']:,} params, {row['macs']:,} MACs, input {row['input']}")
     ds = data(family, cfg["n_train"], cfg["n_test"])
     x, y = ds.x_test, ds.y_test
@@ -181,7 +188,7 @@ def run_family(family: str, cfg: dict, work: Path, log) -> dict:
     row["accuracy"] = _accuracy(model, x, y)
     stage("train")
 
-    fine = 1 if trained else 0   # untrained nets: prune and share only (nothing to keep)
+    fine = cfg["fine_tune_epochs"] if trained else 0   # untrained nets: prune and share only (nothing to keep)
     common = {"rate": cfg["rate"], "fine_tune_epochs": fine, "batch_size": 32, "verbose": 0}
     weights = None
     for method in ("seed", "deep"):
@@ -212,6 +219,12 @@ def run_family(family: str, cfg: dict, work: Path, log) -> dict:
         p = entry.get("parity") or {}
         log(f"{fmt} {variant}: {'ok' if entry['passed'] else 'FAILED ' + entry.get('error', '')[:300]} "
             f"(top-1 {p.get('top1_agreement')}, max diff {p.get('max_abs_diff')}, {entry['seconds']} s)")
+    for a in [a for a in row["artifacts"] if a["variant"] == "int8" and not a["passed"]]:
+        if trained:   # int8 out of parity: are 16-bit activations enough? (int8 weights, int16 activations)
+            fmt = a["format"]
+            entry = export_one(decoded, fmt, "int16x8", work / f"{family}_int16x8.{fmt}", ds.x_train[:128], x, y)
+            row["artifacts"].append(entry)
+            log(f"{fmt} int16x8: {'ok' if entry['passed'] else 'FAILED ' + entry.get('error', '')[:200]}")
     stage("export")
     files = [work / a["file"] for a in row["artifacts"] if a["passed"]]
     if files:
@@ -266,7 +279,8 @@ def run_isolated(family: str, args, work: Path) -> dict:
 
 
 def sys_args(args) -> list[str]:
-    out = ["--train", args.train, "--rate", str(args.rate), "--work", args.work]
+    out = ["--train", args.train, "--rate", str(args.rate), "--work", args.work,
+           "--fine-tune-epochs", str(args.fine_tune_epochs)]
     for key in ("train_steps", "n_train", "n_test", "runs"):
         if getattr(args, key) is not None:
             out += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
@@ -295,6 +309,13 @@ def main(argv=None) -> int:
 
     from bench_applications_md import counts, markdown, plot
 
+    if args.report_only:
+        report = json.loads((Path(args.out) / "applications.json").read_text())
+        report["counts"] = counts(report["families"])
+        io.write_json(Path(args.out) / "applications.json", report)
+        io.write_text(Path(args.out) / "applications.md", markdown(report["families"], report["meta"]))
+        plot(report["families"], Path(args.out) / "applications.png")
+        return 0
     try:
         families = parse_families(args.families)
         parse_families(args.train) if args.train else None

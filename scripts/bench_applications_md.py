@@ -57,6 +57,12 @@ def _cell(a: dict | None) -> str:
     return f"**error**: {a.get('error', '')[:90]}"
 
 
+def _wide(row: dict, fmt: str, variant: str) -> str:
+    """The int16x8 file tried where int8 missed, as a note in the int8 cell."""
+    a = _artifact(row, fmt, "int16x8") if variant == "int8" else None
+    return "" if a is None else f"; int16x8: {_cell(a)}"
+
+
 def _ratio(entry: dict | None) -> str:
     if not entry:
         return "-"
@@ -75,12 +81,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "accepts, `weights=None`, `classes=10`, on `synthetic_patterns` (oriented gratings, 10 classes; "
         f"{s['n_train']} training and {s['n_test']} check samples). Families with a step count were trained "
         f"briefly (Adam 2e-3, batch 32; BatchNorm momentum set to 0.9 in every family) first; the others stay at random initialisation. Both methods prune at rate "
-        f"{s['rate']} (fine-tuning 1 epoch, and for deep 1 centroid epoch, on the trained families; none on the "
-        "others); ratio: float32 weights / container bytes. The deep container is decoded "
+        f"{s['rate']} (fine-tuning {s.get('fine_tune_epochs', 1)} epoch(s), and for deep as many centroid epochs, on the "
+        "trained families; none on the others); ratio: float32 weights / container bytes. The deep container is decoded "
         "(`store.decode_model`) and its model exported; each file is checked against it (fp32: 100% top-1 "
         "agreement and max abs diff <= 1e-4; int8: >= 99% agreement and <= 0.5 point lost) and benchmarked "
         "(median, batch 1, 1 thread). Cells: parity verdict, top-1 agreement, latency; a miss gives how many "
-        "of the flipped answers were near ties of the Keras model's top two scores.",
+        "of the flipped answers were near ties of the Keras model's top two scores (closer than twice the file's "
+        "max abs diff); where a trained family's int8 file missed, its int16x8 file (int8 weights, int16 "
+        "activations) was checked too.",
         "",
         f"Versions: TF {v.get('tensorflow-cpu', '?')}, Keras {v.get('keras', '?')}, tf2onnx {v.get('tf2onnx', '?')}, "
         f"onnx {v.get('onnx', '?')}, ONNX Runtime {v.get('onnxruntime', '?')}, LiteRT {v.get('ai-edge-litert', '?')}. "
@@ -100,7 +108,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
                    else f"no (acc {100 * r['accuracy']:.0f}%)")
         deep = r.get("deep", {})
         acc = f"{100 * deep['accuracy']:.0f}%" if deep.get("accuracy") is not None else "-"
-        cells = " | ".join(_cell(_artifact(r, f, v)) for f, v in CELLS)
+        cells = " | ".join(_cell(_artifact(r, f, v)) + _wide(r, f, v) for f, v in CELLS)
         lines.append(f"| {name} | {r['input']} | {r['params']:,} | {r['macs']:,} | {trained} | {_ratio(r.get('seed'))} | "
                      f"{_ratio(deep)} ({deep.get('container_bytes', 0):,}) | {acc} | {cells} |")
     f32, i8, i8t = c["fp32"], c["int8"], c["int8_trained"]
@@ -113,6 +121,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"- int8 misses where every flipped answer was a near tie: {', '.join(c['int8_near_ties']) or 'none'}; "
         f"other int8 misses: {', '.join(c['int8_other_failures']) or 'none'}.",
         f"- Containers decoded: {c['decoded'][0]} of {c['decoded'][1]} (seed and deep).",
+        "- ONNX: families with a Keras `Normalization` layer ("
+        + (", ".join(r["family"] for r in rows if r.get("normalization_layers")) or "none here")
+        + ") converted, before the fix, to files ONNX Runtime refused (\"Required inputs ([...normalization_1/Sub/y:0, "
+        "...Sqrt/x:0]) are missing from input feed\"): tf2onnx 1.17 (with TF 2.21 and Keras 3.15, on our route "
+        "and on Keras's own `model.export(format=\"onnx\")`, which calls the same `tf2onnx.convert.from_function`) "
+        "leaves tensors the traced call captures by value as graph inputs. `exporters/onnx_captures.py` makes them "
+        "initializers (or drops them where no node reads them); the parity check covers the result.",
         "",
     ]
     errors = [(r["family"], r["error"]) for r in rows if r.get("error")]

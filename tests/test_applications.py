@@ -153,3 +153,17 @@ def test_report_counts_families_and_near_ties():
 def test_unknown_family_is_refused():
     from bench_applications import main
     assert main(["--families", "ResNet9000", "--out", "/nonexistent/never"]) == 2
+
+
+def test_report_only_rewrites_the_table_from_its_json(tmp_path):
+    import json
+
+    from bench_applications import main
+    ok = {(f, v): True for f in ("tflite", "onnx") for v in ("fp32", "int8")}
+    meta = {"settings": {"n_train": 1, "n_test": 1, "rate": 0.5}, "command": "python scripts/bench_applications.py",
+            "machine": "m"}
+    (tmp_path / "applications.json").write_text(json.dumps({"meta": meta, "families": [_row("A", ok)]}))
+    assert main(["--report-only", "--out", str(tmp_path)]) == 0
+    assert "**1 of 1 families**" in (tmp_path / "applications.md").read_text()
+    assert (tmp_path / "applications.png").stat().st_size > 0
+    assert json.loads((tmp_path / "applications.json").read_text())["counts"]["fp32"] == [1, 1]
