@@ -53,6 +53,10 @@ def _add_compression(p, defaults: bool = True):
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="learning rate of each fine-tuning run: constant, or cosine decay to 0 (default: constant)")
     g.add_argument("--prune-first", action="store_true", help="prune the first conv/dense layer too")
+    g.add_argument("--small-tensors", dest="small_tensors", default=None, choices=("fold", "raw", "fp16", "compact"),
+                   help="how BatchNorm, biases and uncoded kernels are stored: fold (default: BN as scale/shift, "
+                        "folded into an uncoded kernel; fp32 parity), raw (float32), fp16 or compact (smaller, "
+                        "rounded: check parity)")
     g.add_argument("--pruning-policy", dest="policy", default=None, choices=("xnnpack-sparse",),
                    help="prune only what a runtime's fast path takes: xnnpack-sparse prunes only 1x1 convs "
                         "(>= 2/3 zeros each) and checks the model fits XNNPACK's sparse path on ARM")
@@ -129,6 +133,7 @@ def add_distribute(p):
 
 #: Compression flag (argparse dest) -> Recipe.from_options option.
 _RECIPE_FLAGS = {"method": "method", "rate": "rate", "criterion": "criterion", "layer_rates": "layer_rates", "policy": "policy",
+                 "small_tensors": "small_tensors",
                  "prune_schedule": "schedule", "fine_tune_epochs": "fine_tune_epochs", "lr_schedule": "lr_schedule",
                  "batch_size": "batch_size", "seed": "seed", "bits": "bits", "init": "init",
                  "centroid_epochs": "centroid_epochs", "index_bits": "index_bits", "coder": "coder",

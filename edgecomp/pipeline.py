@@ -303,6 +303,6 @@ def _compress(model, data, recipe: Recipe, *, verbose, info, checkpoints, measur
                  for name, st in shared.items()}
     settings = recipe.get_config()
     meta = {"recipe": settings, **({"qat": qat_info} if qat_info else {}), **(info or {})}
-    container = store.encode_model(model, specs, info=meta)
+    container = store.encode_model(model, specs, info=meta, small=recipe.coding.small)
     return CompressedModel(model, masks, container, _report(model, container, masks), settings, history, recipe,
                            structured=structured, qat_model=qmodel, qat=qat_info)

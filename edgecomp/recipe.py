@@ -139,13 +139,29 @@ class Sharing(Config):
 @dataclasses.dataclass(frozen=True)
 class Coding(Config):
     """How the kept weights are stored: ``seed`` (int8 values, uint8 relative index) or ``deep``
-    (centroid indices and index gaps of ``index_bits``, entropy-coded by ``coder``)."""
+    (centroid indices and index gaps of ``index_bits``, entropy-coded by ``coder``). ``small``
+    stores the other tensors (BatchNorm, biases, uncoded kernels; ``edgecomp.store.SMALL_POLICIES``):
+    ``fold`` (default) keeps each BatchNorm as its scale and shift, folded into an uncoded kernel
+    before it, the same function to float rounding; ``raw`` as float32; ``fp16`` / ``compact``
+    round them (smaller, but outside the fp32 parity gate on BN-heavy nets)."""
 
     method: str = "seed"
     index_bits: int | None = None
     coder: str = "auto"
+    small: str = "fold"
+
+    def get_config(self) -> dict:
+        """As every config's; ``small`` only when not the default, so older recipes read the same."""
+        out = super().get_config()
+        if out.get("small") == "fold":
+            out.pop("small")
+        return out
 
     def __post_init__(self):
+        from edgecomp.store import SMALL_POLICIES
+        if self.small not in SMALL_POLICIES:
+            raise EdgecompError(f"unknown small-tensor storage '{self.small}'",
+                                fix=f"use one of: {', '.join(SMALL_POLICIES)}")
         if self.method not in METHODS:
             raise EdgecompError(f"unknown compression method '{self.method}'", fix=f"use one of: {', '.join(METHODS)}")
         if self.index_bits is not None and (isinstance(self.index_bits, bool) or not isinstance(self.index_bits, int)
@@ -279,8 +295,9 @@ class Recipe(Config):
                                 fix=f"add --method deep, or drop {flag}")
         pruning = base.pruning.replace(**{f: o[k] for k, f in _PRUNING.items() if k in o})
         fine_tune = base.fine_tune.replace(**{f: o[k] for k, f in _FINE_TUNE.items() if k in o})
-        coding = (Coding(method, **{f: o.get(k, getattr(base.coding, f)) for k, f in _CODING.items()})
-                  if method == "deep" else Coding(method))
+        small = o.get("small_tensors", base.coding.small)
+        coding = (Coding(method, **{f: o.get(k, getattr(base.coding, f)) for k, f in _CODING.items()}, small=small)
+                  if method == "deep" else Coding(method, small=small))
         sharing = None
         if method == "deep":
             sharing = base.sharing or Sharing()
@@ -321,5 +338,5 @@ _DISTRIBUTE = {"distribute": "strategy", "cpu_devices": "cpu_devices", "peer_tim
 STRUCTURED_OPTIONS = ("channels", "layer_channels", "target_macs", "target_latency", "latency_profile",
                       "importance", "ranking", "round_to", "structured_steps", "structured_epochs", "distill",
                       "bn_sparsity")
-OPTIONS = (*_PRUNING, "method", *_FINE_TUNE, "bits", *_SHARING, *_CODING, "seed", *STRUCTURED_OPTIONS, *_QAT,
+OPTIONS = (*_PRUNING, "method", *_FINE_TUNE, "bits", *_SHARING, *_CODING, "small_tensors", "seed", *STRUCTURED_OPTIONS, *_QAT,
            *_DISTRIBUTE)

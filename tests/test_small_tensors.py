@@ -211,3 +211,19 @@ def test_a_bn_shift_that_cancels_its_mean_stays_float32():
     # c = -a * 100 with the output spread a * 0.1: fp16's error on c would be ~1% of the spread.
     assert kinds["bn/beta"] == "raw" and kinds["bn/moving_mean"] == "const"
     assert compact.choose(store.decode_model(data).get_layer("bn").beta.numpy()) != "raw"   # its values alone: compact
+
+
+def test_compress_stores_small_tensors_folded_by_default():
+    from edgecomp import codec, compress
+
+    x = np.random.default_rng(4).normal(size=(64, 10, 10, 3)).astype(np.float32)
+    y = np.arange(len(x)) % 4
+    default = compress(_bn_model(), (x, y), rate=0.5, fine_tune_epochs=0, verbose=0)
+    raw = compress(_bn_model(), (x, y), rate=0.5, fine_tune_epochs=0, verbose=0, small_tensors="raw")
+    assert default.recipe.coding.small == "fold" and "small" not in default.recipe.get_config()["coding"]
+    assert raw.recipe.get_config()["coding"]["small"] == "raw"
+    assert len(default.container) < len(raw.container)
+    assert codec.read_container(default.container)[0]["storage"]["small"] == "fold"
+    a = np.asarray(default.decode()(x, training=False))
+    b = np.asarray(raw.decode()(x, training=False))
+    assert np.abs(a - b).max() < 1e-4
