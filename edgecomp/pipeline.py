@@ -26,7 +26,6 @@ from edgecomp.pruning_config import Gradual, Iterative
 from edgecomp.recipe import Recipe
 
 #: What each coding method's streams hold, for the per-stream report.
-STREAM_NAMES = {"raw": ("values",), "seed": ("gaps", "values"), "deep": ("codebook", "gaps", "indices")}
 BITS = {"raw": 32, "seed": 8}
 
 
@@ -100,7 +99,7 @@ def _report(model, container: bytes, masks) -> list[dict]:
     for rec in codec.tensor_records(container):
         w = weights[rec.name]
         method = codec.METHOD_NAMES[rec.method]
-        names = STREAM_NAMES.get(method, ())
+        names = codec.STREAM_NAMES.get(method, ())
         rows.append({"name": rec.name, "shape": list(rec.shape), "params": rec.size,
                      "nonzeros": int(np.count_nonzero(w)), "pruned": rec.name in masks,
                      "sparsity": float(1 - np.count_nonzero(w) / max(1, w.size)),

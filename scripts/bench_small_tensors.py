@@ -152,7 +152,7 @@ def markdown(res: dict) -> str:
         "softmax by up to a few 1e-3).", "",
         policies, "", "Bytes by stream (share of the container):", "", shares, "",
         "Stream bytes by tensor role:", "", role_table, "",
-        "`raw`: float32 small tensors, the container the pipeline writes. `fold`: BatchNorm stored in its folded "
+        "`raw`: float32 small tensors, what the pipeline wrote before `fold` became the default (`--small-tensors raw`). `fold`: BatchNorm stored in its folded "
         "form (`edgecomp.fold.storage_form`: gamma = a, beta = c, mean 0, variance 1 - eps; the scale folded into a "
         "preceding uncoded kernel), constant vectors as one value. `fp16`/`compact` add half floats / also 8-bit, "
         "each only where the bound holds; the last row is `compact` under a looser bound. The decoded model has "
@@ -231,8 +231,8 @@ def main(argv=None) -> int:
         base_acc = float(np.mean(np.argmax(predict(model, xte), -1) == yte))
         print(f"trained: {params:,} params, accuracy {100 * base_acc:.1f}% ({time.time() - t0:.0f} s)", flush=True)
         result = compress(model, (xtr, ytr), method="deep", rate=0.8, fine_tune_epochs=args.fine_tune_epochs,
-                          centroid_epochs=args.centroid_epochs, verbose=0)
-        container, compressed = result.container, result.model
+                          centroid_epochs=args.centroid_epochs, verbose=0, small_tensors="raw")
+        container, compressed = result.container, result.model   # raw: each row re-stores it
         print(f"compressed: {len(container):,} B ({time.time() - t0:.0f} s)", flush=True)
         if args.save_container:
             io.write_bytes(args.save_container, container)
