@@ -37,7 +37,7 @@ import json
 import numpy as np
 
 from edgecomp.errors import EdgecompError, first_line
-from edgecomp.graph import ModelGraph
+from edgecomp.graph import ModelGraph, leaf_layers
 
 __all__ = ["fold_batchnorm", "fold_plan", "bn_affine", "folded_summary", "storage_form"]
 
@@ -248,14 +248,6 @@ def folded_summary(model, folded) -> dict:
 
 
 
-def _walk(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers:  # nested model
-            yield from _walk(layer)
-        else:
-            yield layer
-
-
 def unit_variance(epsilon: float) -> np.float32:
     """The float32 ``v`` with ``float32(v + float32(epsilon)) == 1``: a stored moving variance
     that makes the BN's ``1 / sqrt(var + eps)`` exactly 1."""
@@ -298,14 +290,14 @@ def storage_form(model, weights: dict[str, np.ndarray], coded=frozenset()) -> tu
         ['stem_bn']
     """
     out = dict(weights)
-    bns = [layer for layer in _walk(model) if type(layer).__name__ == "BatchNormalization"
+    bns = [layer for layer in leaf_layers(model) if type(layer).__name__ == "BatchNormalization"
            and layer.gamma is not None and layer.beta is not None
            and all(v.path in out for v in (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance))]
     try:
         plan = fold_plan(model, depthwise=True) if bns else {}
     except EdgecompError:   # a subclassed model: affine form only
         plan = {}
-    by_name = {layer.name: layer for layer in _walk(model)}
+    by_name = {layer.name: layer for layer in leaf_layers(model)}
     folded, scales = [], {}
     for bn in bns:
         g, b = bn.gamma.path, bn.beta.path

@@ -100,6 +100,20 @@ class Node:
         return f"<Node {self.path}#{self.call_index} ({self.kind})>"
 
 
+def leaf_layers(model):
+    """Every layer of ``model`` in order, with nested models (anything holding ``layers``) expanded.
+
+    Example:
+        >>> [layer.name for layer in leaf_layers(model)]          # doctest: +SKIP
+        ['input', 'conv1', 'inner_dense', 'fc']
+    """
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:  # a nested model
+            yield from leaf_layers(layer)
+        else:
+            yield layer
+
+
 def is_nested_model(layer) -> bool:
     """True for a functional or built Sequential model used as a layer."""
     return functional_of(layer) is not None

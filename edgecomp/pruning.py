@@ -20,6 +20,7 @@ import contextlib
 import numpy as np
 
 from edgecomp.errors import EdgecompError
+from edgecomp.graph import leaf_layers
 # The prunable-layer registry's home is edgecomp.prunable; its names are public here too.
 from edgecomp.prunable import PRUNABLE, PRUNABLE_LAYERS, kept_dense, prunable_spec, register_prunable  # noqa: F401
 
@@ -38,7 +39,7 @@ def prunable_weights(model, skip_first: bool = True) -> list[tuple]:
     ``skip_first`` leaves the first prunable weight dense, as the seed leaves its first conv.
     """
     found = []
-    for layer in _walk_layers(model):
+    for layer in leaf_layers(model):
         for attr, axes in (prunable_spec(layer) or {}).items():
             var = getattr(layer, attr, None)
             if var is not None and len(var.shape) >= 2:
@@ -51,17 +52,9 @@ def prunable_kernels(model, skip_first: bool = True) -> list:
     return [var for var, _ in prunable_weights(model, skip_first=skip_first)]
 
 
-def _walk_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers:  # nested model
-            yield from _walk_layers(layer)
-        else:
-            yield layer
-
-
 def unsupported_layers(model) -> list[str]:
     """Names of layers that hold weights edgecomp doesn't know how to prune (left dense)."""
-    return [f"{layer.name} ({type(layer).__name__})" for layer in _walk_layers(model)
+    return [f"{layer.name} ({type(layer).__name__})" for layer in leaf_layers(model)
             if layer.weights and prunable_spec(layer) is None and not kept_dense(layer)]
 
 

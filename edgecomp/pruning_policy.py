@@ -30,19 +30,12 @@ import dataclasses
 from typing import ClassVar
 
 from edgecomp.errors import EdgecompError
+from edgecomp.graph import leaf_layers
 from edgecomp.pruning_config import Config, from_kind_config
 
 #: XNNPACK takes a 1x1 convolution sparse when at least this share of its weights is zero.
 XNNPACK_MIN_SPARSITY = 2 / 3
 _INSIDE = ("ReLU", "Activation", "BatchNormalization", "Add", "Multiply", "Dropout", "ZeroPadding2D")
-
-
-def _walk(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers:
-            yield from _walk(layer)
-        else:
-            yield layer
 
 
 def _is_pointwise(layer) -> bool:
@@ -77,12 +70,12 @@ class XNNPackSparse(Config):
 
     def eligible(self, model) -> list[str]:
         """Names of the layers this policy prunes: plain 1x1 stride-1 Conv2D layers."""
-        return [layer.name for layer in _walk(model) if _is_pointwise(layer)]
+        return [layer.name for layer in leaf_layers(model) if _is_pointwise(layer)]
 
     def problems(self, model) -> list[str]:
         """Why XNNPACK's sparse path would not take ``model`` (empty when it would)."""
         from keras import layers
-        seq = list(_walk(model))
+        seq = list(leaf_layers(model))
         conv_kinds = (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D)
         convs = [(i, l) for i, l in enumerate(seq) if isinstance(l, conv_kinds)]
         out = []
