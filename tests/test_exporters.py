@@ -388,3 +388,13 @@ def test_cli_export_writes_a_manifest(tmp_path):
     assert arts["onnx", "int8"]["needs"]["input"]["dtype"] == "float32"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["export.json", "tiny_fp32.tflite", "tiny_int8.tflite", "tiny_fp32.onnx", "tiny_int8.onnx"])
+
+
+def test_a_limit_met_up_to_float_rounding_passes():
+    from exporters.parity import judge_figures
+    one_of_200 = (190 - 191) / 200               # one sample lost of 200: exactly the limit
+    assert judge_figures({"accuracy_delta": 0.955 - 0.96}, {"accuracy_delta": -0.005}, "int8") == []
+    assert judge_figures({"accuracy_delta": one_of_200}, {"accuracy_delta": -0.005}, "int8") == []
+    assert judge_figures({"accuracy_delta": -0.0051}, {"accuracy_delta": -0.005}, "int8") == \
+        ["int8: accuracy_delta -0.0051 < -0.005 required"]
+    assert judge_figures({"max_abs_diff": float("nan")}, {"max_abs_diff": 1e-4}, "fp32") != []
