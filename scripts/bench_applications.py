@@ -210,9 +210,10 @@ def run_family(family: str, cfg: dict, work: Path, log) -> dict:
         stage(f"compress_{method}")
     row["weights"] = int(weights)
     row["artifacts"] = []
-    if decoded is None:
+    row["exported_from"] = "decoded deep container"
+    if decoded is None:   # a decoder finding: the exporters are still checked, on the in-memory compressed model
         row["error"] = "deep container not decoded: " + row["deep"]["error"]
-        return row
+        decoded, row["exported_from"] = result.model, "in-memory compressed model (container not decoded)"
     for fmt, variant in EXPORTS:
         entry = export_one(decoded, fmt, variant, work / f"{family}_{variant}.{fmt}", ds.x_train[:128], x, y)
         row["artifacts"].append(entry)
@@ -260,7 +261,7 @@ def run_isolated(family: str, args, work: Path) -> dict:
         row = json.loads(result.read_text())
         if row.get("settings", settings(args)) == settings(args):
             print(f"[{family}] reused {result}", file=sys.stderr, flush=True)
-            return row
+            return {**row, "reused": True}
     result.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", family, *sys_args(args)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -124,11 +124,11 @@ def test_every_family_builds_at_its_smallest_input():
     assert len(FAMILIES) == 14
 
 
-def _row(family, passed, flipped=0, near=0):
+def _row(family, passed, flipped=0, near=0, max_diff=0.01):
     def art(fmt, variant):
         ok = passed[(fmt, variant)]
         parity = {"top1_agreement": 1.0 if ok else 0.9, "failures": [] if ok else [f"{variant} parity: top1_agreement 0.9"],
-                  "flipped": 0 if ok else flipped, "flipped_near_ties": 0 if ok else near}
+                  "flipped": 0 if ok else flipped, "flipped_near_ties": 0 if ok else near, "max_abs_diff": max_diff}
         return {"format": fmt, "variant": variant, "passed": ok, "parity": parity, "median_ms": 1.0}
     return {"family": family, "options": {}, "input": 32, "params": 10, "macs": 20, "trained_steps": 0,
             "accuracy": 0.1, "seed": {"ratio": 5.0, "decoded": True, "container_bytes": 8},
@@ -142,12 +142,13 @@ def test_report_counts_families_and_near_ties():
     rows = [_row("A", ok), _row("B", {**ok, ("onnx", "int8"): False}, flipped=3, near=3),
             _row("C", {**ok, ("tflite", "int8"): False}, flipped=3, near=1),
             _row("D", {**ok, ("onnx", "fp32"): False}, flipped=1, near=0),
+            _row("F", {**ok, ("onnx", "int8"): False}, flipped=3, near=3, max_diff=0.4),   # large error: not ties
             {"family": "E", "input": 75, "options": {}, "artifacts": [], "error": "timed out after 5 s"}]
     c = counts(rows)
-    assert c["fp32"] == [3, 5] and c["int8"] == [2, 5]
-    assert c["int8_near_ties"] == ["B"] and c["int8_other_failures"] == ["C", "E"]
+    assert c["fp32"] == [4, 6] and c["int8"] == [2, 6]
+    assert c["int8_near_ties"] == ["B"] and c["int8_other_failures"] == ["C", "F", "E"]
     md = markdown(rows, {"settings": {"n_train": 1, "n_test": 1, "rate": 0.8}, "command": "x", "machine": "m"})
-    assert "**3 of 5 families**" in md and "timed out after 5 s" in md
+    assert "**4 of 6 families**" in md and "timed out after 5 s" in md
 
 
 def test_unknown_family_is_refused():
