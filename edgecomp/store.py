@@ -221,6 +221,28 @@ def _weights_held_by(shapes: list[tuple]):
             Layer.add_weight = original
 
 
+def _pair_weights(variables, weights: dict) -> list:
+    """``(variable, (stored name, value))`` pairs: by path, or by position where Keras named the
+    rebuilt variables anew.
+
+    Keras 3.15 gives a variable created without a name a process-wide counter in its path
+    (ConvNeXt's ``LayerScale``: ``variable_18`` in one process, ``variable`` in the next), and renames
+    the weights of a rebuilt ``Bidirectional``. The container holds the weights in the model's own
+    order (``model.weights``), which the same description rebuilds, so where the names differ the
+    weights pair by position, provided every shape matches in order.
+    """
+    variables = list(variables)
+    by_path = {v.path: v for v in variables}
+    if set(by_path) == set(weights) and len(by_path) == len(variables):
+        return [(by_path[name], (name, value)) for name, value in weights.items()]
+    stored = list(weights.items())
+    if len(variables) == len(stored) and all(tuple(v.shape) == w.shape for v, (_, w) in zip(variables, stored)):
+        return list(zip(variables, stored))
+    missing = sorted(set(by_path) ^ set(weights))
+    raise ContainerError(f"container weights do not match the model: {', '.join(missing[:3])}",
+                         fix="re-create the container")
+
+
 def decode_model(data: bytes, qat: bool = True):
     """Rebuild the Keras model stored in container bytes (safe mode) and set its weights.
 
@@ -252,13 +274,7 @@ def decode_model(data: bytes, qat: bool = True):
     except Exception as exc:  # Keras raises many types for a bad config
         raise ContainerError(f"cannot rebuild the model from the container: {first_line(exc)}",
                              fix="decode it with the edgecomp and Keras versions that wrote it") from None
-    by_path = {v.path: v for v in model.weights}
-    if set(by_path) != set(weights):
-        missing = sorted(set(by_path) ^ set(weights))
-        raise ContainerError(f"container weights do not match the model: {', '.join(missing[:3])}",
-                             fix="re-create the container")
-    for name, value in weights.items():
-        var = by_path[name]
+    for var, (name, value) in _pair_weights(model.weights, weights):
         if tuple(var.shape) != value.shape:
             raise ContainerError(f"weight {name} has shape {value.shape}, the model expects {tuple(var.shape)}",
                                  fix="re-create the container")

@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import zipfile
 from dataclasses import dataclass
@@ -116,27 +115,41 @@ def _tool(name: str, fix: str) -> str:
     return path
 
 
-def _run(cmd: list[str], what: str, timeout_s: float, env: dict | None = None) -> str:
-    """Run a set-up step; a failure becomes one line that says what was missing (the network, mostly)."""
+def _run(cmd: list[str], what: str, timeout_s: float) -> str:
+    """Run an outside tool (mmdebstrap, qemu); a failure becomes one line that says what was missing."""
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        _fail(None, "", what, timeout_s)
+    if done.returncode != 0:
+        _fail(done.returncode, done.stderr + done.stdout, what, timeout_s)
+    return done.stdout
+
+
+def _pip(args: list[str], what: str, timeout_s: float) -> None:
+    """``python -m pip ...`` through the one worker helper (:func:`edgecomp.subproc.run_module`)."""
+    from edgecomp.subproc import run_module
+
+    run = run_module("pip", args, timeout_s=timeout_s)
+    if run.timed_out or run.returncode != 0:
+        _fail(None if run.timed_out else run.returncode, run.stderr + run.stdout, what, timeout_s)
+
+
+def _fail(returncode, output: str, what: str, timeout_s: float):
+    if returncode is None:
         raise EdgecompError(f"{what} took longer than {timeout_s:g} s",
                             fix="check the network (the Debian archive and PyPI), then run "
-                                "`edgecomp setup arm64` again") from None
-    if done.returncode != 0:
-        text = (done.stderr + done.stdout).strip()
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        offline = any(h in text.lower() for h in _NETWORK_HINTS)
-        detail = next((ln for ln in reversed(lines) if "error" in ln.lower() or ln.startswith("E:")),
-                      lines[-1] if lines else f"exit code {done.returncode}")
-        if offline:
-            detail = next((ln for ln in lines if any(h in ln.lower() for h in _NETWORK_HINTS[:-1])), detail)
-            raise EdgecompError(f"{what} failed: could not download (no network?): {detail[:200]}",
-                                fix="connect this machine to the Debian archive (or set EDGECOMP_DEBIAN_MIRROR) "
-                                    "and PyPI, then run `edgecomp setup arm64` again")
-        raise EdgecompError(f"{what} failed: {detail[:240]}", fix="run `edgecomp setup arm64 --force` to rebuild")
-    return done.stdout
+                                "`edgecomp setup arm64` again")
+    text = output.strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    detail = next((ln for ln in reversed(lines) if "error" in ln.lower() or ln.startswith("E:")),
+                  lines[-1] if lines else f"exit code {returncode}")
+    if any(h in text.lower() for h in _NETWORK_HINTS):
+        detail = next((ln for ln in lines if any(h in ln.lower() for h in _NETWORK_HINTS[:-1])), detail)
+        raise EdgecompError(f"{what} failed: could not download (no network?): {detail[:200]}",
+                            fix="connect this machine to the Debian archive (or set EDGECOMP_DEBIAN_MIRROR) "
+                                "and PyPI, then run `edgecomp setup arm64` again")
+    raise EdgecompError(f"{what} failed: {detail[:240]}", fix="run `edgecomp setup arm64 --force` to rebuild")
 
 
 def _check_qemu(env: "Arm64Env") -> None:
@@ -216,7 +229,7 @@ def setup(force: bool = False, root: Path | None = None, progress=print, timeout
         progress("arm64 set-up 3/4: aarch64 wheels: " + ", ".join(VERSIONS["wheels"]))
         wheels = tmp / "wheels"
         py = VERSIONS["python"]
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+        _pip(["download", "--quiet", "--disable-pip-version-check",
               "--only-binary=:all:", "--platform", "manylinux_2_27_aarch64", "--platform",
               "manylinux_2_28_aarch64", "--platform", "manylinux2014_aarch64", "--python-version", py,
               "--implementation", "cp", "-d", str(wheels), *VERSIONS["wheels"]],

@@ -63,7 +63,7 @@ class Block:
 sys.meta_path.insert(0, Block())
 import edgecomp
 names = [m.name for m in pkgutil.walk_packages(edgecomp.__path__, "edgecomp.")
-         if m.name not in ("edgecomp.cli", "edgecomp.run")]
+         if m.name not in ("edgecomp.cli", "edgecomp.cli_emulated", "edgecomp.run")]
 failed = {}
 for name in names:
     try:
@@ -132,10 +132,12 @@ def test_first_line_of_an_exception_has_one_home():
 
 def test_python_workers_are_spawned_by_one_helper():
     # edgecomp.subproc.run_module starts every "python -m ..." worker of the three packages
-    # (runtime_bench.adb runs the adb binary; the scripts may start outside tools).
+    # (runtime_bench.adb runs the adb binary, runtime_bench.emulation mmdebstrap and qemu; the
+    # scripts may start outside tools).
     packages = [p for p in _source_files() if not str(p.relative_to(ROOT)).startswith("scripts/")]
     spawning = {str(p.relative_to(ROOT)) for p in packages if re.search(r"\bsubprocess\b|sys\.executable", p.read_text())}
-    assert spawning == {"edgecomp/subproc.py", "runtime_bench/adb.py"}
+    assert spawning == {"edgecomp/subproc.py", "runtime_bench/adb.py", "runtime_bench/emulation.py"}
+    assert "sys.executable" not in (ROOT / "runtime_bench/emulation.py").read_text()
 
 
 def test_first_line_and_one_line():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgecomp import codec, store
@@ -152,3 +153,36 @@ def test_models_that_build_a_layer_twice_decode_and_the_guard_is_removed(tiny):
     with pytest.raises(ContainerError):
         store.decode_model(_with_description(tiny, _description(_functional(3000, 3000))))
     assert Layer.add_weight is before
+
+
+def test_weights_keras_renames_on_rebuild_pair_by_position():
+    """A Bidirectional LSTM's rebuilt weights get other paths (Keras 3.15); the container holds them
+    in the model's order, so they pair by position, and the decoded model computes the same."""
+    import keras
+
+    from edgecomp import store
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 3))
+    h = keras.layers.Bidirectional(keras.layers.LSTM(4))(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(h))
+    x = np.random.default_rng(0).normal(size=(5, 6, 3)).astype(np.float32)
+    decoded = store.decode_model(store.encode_model(model))
+    np.testing.assert_allclose(np.asarray(decoded(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def test_weights_that_pair_neither_by_name_nor_by_shape_are_refused():
+    from edgecomp import store
+    from edgecomp.errors import ContainerError
+
+    class Var:
+        def __init__(self, path, shape):
+            self.path, self.shape = path, shape
+
+    stored = {"a/kernel": np.zeros((2, 3), np.float32), "a/bias": np.zeros(3, np.float32)}
+    pairs = store._pair_weights([Var("x/kernel", (2, 3)), Var("x/bias", (3,))], stored)
+    assert [(v.path, name) for v, (name, _) in pairs] == [("x/kernel", "a/kernel"), ("x/bias", "a/bias")]
+    with pytest.raises(ContainerError, match="container weights do not match the model"):
+        store._pair_weights([Var("x/bias", (3,)), Var("x/kernel", (2, 3))], stored)
+    with pytest.raises(ContainerError, match="container weights do not match the model"):
+        store._pair_weights([Var("x/kernel", (2, 3))], stored)
