@@ -44,6 +44,7 @@ from edgecomp.errors import EdgecompError, first_line
 
 from . import base, probe
 from .onnx_captures import captured_constants, inline_captured_constants
+from .onnx_trace import convertible_calls
 from .variants import Variant
 
 #: The ONNX opset every file is converted to (ONNX Runtime 1.32 runs 7..23); ``int16x8``
@@ -121,9 +122,11 @@ def _tf2onnx(model, variant: Variant):
     try:
         # Traced first: tensors the call captures by value (Keras 3's Normalization mean and
         # variance) would be left as graph inputs by tf2onnx 1.17; see :mod:`.onnx_captures`.
-        constants = captured_constants(serve, signature)
-        with _quiet_tf2onnx():
-            proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
+        # Grouped convs and exact GELU traced as tf2onnx converts them; see :mod:`.onnx_trace`.
+        with convertible_calls():
+            constants = captured_constants(serve, signature)
+            with _quiet_tf2onnx():
+                proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
     except Exception as exc:  # noqa: BLE001 - tf2onnx raises many types
         raise EdgecompError(f"ONNX conversion ({variant}) failed: {first_line(exc)}",
                             fix="check that the model uses ops tf2onnx supports") from None

@@ -168,3 +168,38 @@ def test_report_only_rewrites_the_table_from_its_json(tmp_path):
     assert "**1 of 1 families**" in (tmp_path / "applications.md").read_text()
     assert (tmp_path / "applications.png").stat().st_size > 0
     assert json.loads((tmp_path / "applications.json").read_text())["counts"]["fp32"] == [1, 1]
+
+
+def _grouped_gelu_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 8))
+    h = keras.layers.Conv2D(8, 7, padding="same", groups=8)(inp)          # ConvNeXt's depthwise form
+    h = keras.layers.Dense(16, activation="gelu")(h)                     # exact GELU (Keras's default)
+    h = keras.layers.Conv2D(16, 3, padding="same", groups=4)(h)
+    return keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+
+
+def test_grouped_convs_and_exact_gelu_export_to_onnx_in_parity(tmp_path):
+    import exporters
+
+    model = _grouped_gelu_model()
+    x = np.random.default_rng(0).normal(size=(16, 12, 12, 8)).astype(np.float32)
+    art = exporters.export_and_check(model, "onnx", "fp32", tmp_path / "g.onnx", check_x=x)
+    assert art.parity["top1_agreement"] == 1.0 and art.parity["max_abs_diff"] < 1e-5
+    assert "Conv" in art.ops and "Erf" in art.ops
+
+
+def test_the_grouped_conv_and_gelu_quirks_are_still_there():
+    """When tf2onnx/Keras fix these, this fails: then exporters/onnx_trace.py can go."""
+    import tensorflow as tf
+    import tf2onnx
+
+    model = _grouped_gelu_model()
+    sig = [tf.TensorSpec((None, 12, 12, 8), tf.float32)]
+    serve = tf.function(lambda t: model(t, training=False), input_signature=sig)
+    with pytest.raises(Exception, match="StatefulPartitionedCall|Erfc|Unsupported"):
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=sig, opset=17)
+        import onnx
+        onnx.checker.check_model(proto, full_check=True)
