@@ -277,9 +277,33 @@ def activation_ranges(qmodel) -> dict[str, list[float]]:
     return {name: list(q.range()) for name, q in quantizers_of(qmodel).items()}
 
 
+def _input_ranges_by_position(qmodel, quantizers: dict, ranges: dict) -> dict:
+    """``ranges`` with the model inputs' quantizers matched by position where their names differ.
+
+    An input quantizer is named after its InputLayer, and Keras 3.15 names those per process
+    (``keras_tensor`` when keras.applications' MobileNetV2 was first cloned, ``input_layer`` once
+    the model is rebuilt from its config); every other quantizer is named after its layer.
+    """
+    import keras
+
+    def is_input(q) -> bool:
+        node = q._inbound_nodes[0] if getattr(q, "_inbound_nodes", None) else None   # noqa: SLF001
+        tensors = node.input_tensors if node is not None else ()
+        hist = getattr(tensors[0], "_keras_history", None) if tensors else None
+        return hist is not None and isinstance(hist.operation, keras.layers.InputLayer)
+
+    ours = [n for n, q in quantizers.items() if n not in ranges and is_input(q)]
+    theirs = [n for n in ranges if n not in quantizers and n.endswith("_fq")]
+    if ours and len(ours) == len(theirs) == len(set(quantizers) - set(ranges)):
+        for mine, stored in zip(ours, theirs):
+            ranges[mine] = ranges.pop(stored)
+    return ranges
+
+
 def set_ranges(qmodel, ranges: dict) -> None:
     """Load ranges :func:`activation_ranges` returned; every quantizer must be there."""
     quantizers = quantizers_of(qmodel)
+    ranges = _input_ranges_by_position(qmodel, quantizers, dict(ranges))
     missing = sorted(set(quantizers) - set(ranges))
     extra = sorted(set(ranges) - set(quantizers))
     if missing or extra:

@@ -273,3 +273,25 @@ def test_recipe_stage_options_and_round_trip():
     assert Recipe.from_config(r.get_config()) == r
     assert Recipe.from_options(r, qat_epochs=0).qat is None          # 0 epochs drops the stage
     assert Recipe.from_options(qat_epochs=1).qat.distill.temperature == 4.0   # distilled by default
+
+
+def test_input_ranges_pair_by_position_when_keras_renames_the_input():
+    """keras.applications' MobileNetV2: its input quantizer was 'keras_tensor_fq' when compressed
+    and is 'input_layer_fq' once rebuilt from the container; the ranges still load."""
+    import keras
+
+    from edgecomp import qat
+    from edgecomp.errors import EdgecompError
+
+    inp = keras.Input((8,), name="first_name")
+    model = keras.Model(inp, keras.layers.Dense(3, activation="relu", name="fc")(keras.layers.Dense(4, name="d")(inp)))
+    qmodel, _ = qat.quantize_model(model)
+    ranges = {name: [-1.0 - i, 2.0 + i] for i, name in enumerate(qat.activation_ranges(qmodel))}
+    assert "first_name_fq" in ranges
+    renamed = {("keras_tensor_fq" if k == "first_name_fq" else k): v for k, v in ranges.items()}
+    qat.set_ranges(qmodel, renamed)
+    got = qat.activation_ranges(qmodel)
+    assert {k: pytest.approx(v) for k, v in ranges.items()} == got
+    other = next(k for k in ranges if k != "first_name_fq")
+    with pytest.raises(EdgecompError, match="QAT ranges do not fit this model"):
+        qat.set_ranges(qmodel, {("elsewhere_fq" if k == other else k): v for k, v in ranges.items()})
