@@ -41,6 +41,7 @@ def parser():
     p.add_argument("--work", default="runs/bench_arm64", help="where the exported files go")
     p.add_argument("--out", default="docs/results/arm64")
     p.add_argument("--quick", action="store_true", help="64/64 samples, A76 only, no fresh set-up")
+    p.add_argument("--report-only", action="store_true", help="re-write the md/png from --out's bench_arm64.json")
     return p
 
 
@@ -166,6 +167,11 @@ def setup_figures():
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from bench_arm64_md import write_outputs
+    if args.report_only:
+        import json
+        done = json.loads((Path(args.out) / "bench_arm64.json").read_text())
+        write_outputs(Path(args.out), done["meta"], done["records"], done["sparse"])
+        return 0
     from runtime_bench import emulation
     from runtime_bench.targets import cpu_description
 

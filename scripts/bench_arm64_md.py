@@ -17,6 +17,9 @@ def _verdict(fails) -> str:
 
 def _kernels(rec) -> str:
     k = rec.get("kernels") or {}
+    if (rec.get("default_delegate") or "").startswith("did not take"):
+        # the trace holds the refused delegate's attempt too: say what ran the file
+        return "builtin kernels (XNNPACK refused the file)"
     if k.get("sparse_path"):
         return "sparse NCHW: " + ", ".join(n.split("_ukernel_")[0].replace("xnn_f32_", "") for n in k["nchw_kernels"])
     if k.get("xnnpack_ukernels"):
