@@ -33,7 +33,8 @@ FAST = dict(warmup=1, runs=5, min_time_s=0.0, progress=False)
 # -- profiles -------------------------------------------------------------------------
 
 def test_profiles_resolve_to_their_settings():
-    assert set(TARGETS) == {"desktop", "mobile-big", "mobile-little", "android"}
+    assert set(TARGETS) == {"desktop", "mobile-big", "mobile-little", "android", "arm64-emulated",
+                            "arm64-emulated-a55"}
     n = len(usable_cpus())
 
     desk = get_target("desktop")
@@ -57,6 +58,11 @@ def test_profiles_resolve_to_their_settings():
     assert phone.kind == "adb" and phone.xnnpack and phone.cpus() is None
     assert phone.thread_counts() == [1] and phone.thread_counts([4]) == [4]
     assert phone.benchmark_binary == "/data/local/tmp/benchmark_model"
+
+    for name, cpu in (("arm64-emulated", "a76"), ("arm64-emulated-a55", "a55")):
+        emu = get_target(name)
+        assert emu.kind == "emulated" and emu.cpu_model == cpu and emu.cpus() is None
+        assert emu.thread_counts([1, 4]) == [1]
 
     assert [(t.name, k) for t, k in plan(["mobile-little", "desktop", "mobile-little"], [1, 2])] == [
         ("mobile-little", 1), ("desktop", 1), ("desktop", 2)]
