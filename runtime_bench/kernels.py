@@ -104,14 +104,13 @@ def summarize_kernels(ran: Counter) -> dict:
     """What the executed functions say: XNNPACK micro-kernels, the sparse path, builtin kernels.
 
     ``sparse_path`` is True when an XNNPACK SpMM micro-kernel ran (the NCHW sparse
-    inference path); ``builtin_kernels`` when LiteRT's own optimized/reference
-    kernels (not XNNPACK) ran; ``mlas_kernels`` lists ONNX Runtime's MLAS kernels.
+    inference path); ``builtin_kernels`` counts LiteRT's own optimized/reference
+    kernel functions (not XNNPACK) that ran.
     """
     names = [k.split(":", 1)[1] for k in ran]
     ukernels = sorted({n for n in names if n.startswith("xnn_") and "ukernel" in n})
     builtin = sorted({n for n in names if ("optimized_ops" in n or "reference_ops" in n or "optimized_integer_ops" in n)
                       and "xnn" not in n})
-    mlas = sorted({n for n in names if n.startswith("Mlas") or "Mlas" in n[:40]})
     return {"xnnpack_ukernels": ukernels, "sparse_path": any("_spmm_" in n for n in ukernels),
             "nchw_kernels": sorted(n for n in ukernels if "chw" in n or "_spmm_" in n),
-            "builtin_kernels": len(builtin), "builtin_examples": builtin[:5], "mlas_kernels": mlas[:20]}
+            "builtin_kernels": len(builtin), "builtin_examples": builtin[:5]}
