@@ -43,16 +43,15 @@ def emulated_targets(names: str | None) -> list:
 
 
 def thresholds_of(name: str) -> tuple[str | None, dict]:
-    """``(variant, thresholds)`` of an exported file, read from its name (``m_int8.tflite`` -> int8's)."""
+    """``(variant, thresholds)`` of an exported file, read from its name (``m_int8.tflite`` -> int8's);
+    a name without a variant gets fp32's."""
     from exporters.parity import default_thresholds
-    from exporters.variants import split_name, VARIANTS
+    from exporters.variants import variant_of_file
 
-    stem = Path(name).stem
-    variant = stem.rsplit("_", 1)[-1] if "_" in stem else stem
-    offered = {v for names in VARIANTS.values() for v in names}
-    if variant not in offered:
+    variant = variant_of_file(name)
+    if variant is None:
         return None, default_thresholds("fp32")
-    return variant, default_thresholds(split_name(variant)[0])
+    return variant.name, default_thresholds(variant)
 
 
 def judge(rec: dict, thresholds: dict) -> list[str]:

@@ -19,7 +19,9 @@ fills :data:`VARIANTS` and :data:`SUFFIXES`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 from edgecomp.errors import EdgecompError
@@ -110,6 +112,21 @@ class Variant:
 
     def __str__(self) -> str:
         return self.name
+
+
+def variant_of_file(path: "str | os.PathLike") -> "Variant | None":
+    """The variant an exported file's name says (the inverse of :meth:`Variant.filename`), or None.
+
+    Example:
+        >>> variant_of_file("out/model_int8-sparse.tflite").name
+        'int8-sparse'
+    """
+    path = Path(path)
+    fmt = next((f for f, suffix in SUFFIXES.items() if suffix == path.suffix.lower()), None)
+    name = path.stem.rsplit("_", 1)[-1]
+    if fmt is None or name not in VARIANTS.get(fmt, ()):
+        return None
+    return Variant.parse(fmt, name)
 
 
 def _names(items: "str | Iterable[str]") -> list[str]:

@@ -36,7 +36,8 @@ from runtime_bench import emulation, kernels
 LATENCY_NOTE = ("not reported: qemu translates every arm64 instruction on this x86 machine (about 600x "
                 "slower than native), so its timings say nothing about a phone; measure latency with "
                 "--target android")
-#: Libraries whose kernels are named in the record: (guest path suffix, wheel path in the sysroot).
+#: Libraries whose kernels are named in the record: name -> path inside the wheels' folder (and the
+#: suffix of its line in the guest's /proc/self/maps).
 _LIBRARIES = {"litert": "ai_edge_litert/libpywrap_litert_common.so"}
 _TABLES: dict[str, tuple] = {}
 

@@ -57,11 +57,13 @@ CPU_MODELS = {"a76": "cortex-a76", "a55": "cortex-a55"}
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 _REPO = Path(__file__).resolve().parent.parent
 _SITE = "opt/edgecomp-site"
+#: Lines that name a download that failed; the set-up's detail line is the first of them.
 _NETWORK_HINTS = ("could not resolve", "temporary failure", "failed to fetch", "connection refused",
                   "network is unreachable", "no route to host", "connection timed out", "unable to connect",
                   "max retries exceeded", "name or service not known", "could not connect",
-                  "no matching distribution", "404  not found", "release file", "cannot initiate",
-                  "apt-get update")
+                  "no matching distribution", "404  not found", "release file", "cannot initiate")
+#: mmdebstrap's own summary when apt could not fetch its lists (the cause is on a line above it).
+_OFFLINE_HINTS = (*_NETWORK_HINTS, "apt-get update")
 
 
 def cache_root() -> Path:
@@ -144,8 +146,8 @@ def _fail(returncode, output: str, what: str, timeout_s: float):
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     detail = next((ln for ln in reversed(lines) if "error" in ln.lower() or ln.startswith("E:")),
                   lines[-1] if lines else f"exit code {returncode}")
-    if any(h in text.lower() for h in _NETWORK_HINTS):
-        detail = next((ln for ln in lines if any(h in ln.lower() for h in _NETWORK_HINTS[:-1])), detail)
+    if any(h in text.lower() for h in _OFFLINE_HINTS):
+        detail = next((ln for ln in lines if any(h in ln.lower() for h in _NETWORK_HINTS)), detail)
         raise EdgecompError(f"{what} failed: could not download (no network?): {detail[:200]}",
                             fix="connect this machine to the Debian archive (or set EDGECOMP_DEBIAN_MIRROR) "
                                 "and PyPI, then run `edgecomp setup arm64` again")

@@ -100,6 +100,7 @@ def zoo_rows(args, n):
     import bench_zoo
     from edgecomp.store import load_compressed
     from exporters.parity import default_thresholds
+    from exporters.variants import variant_of_file
 
     rows, zoo = [], Path(args.zoo)
     ns = argparse.Namespace(data_dir=None, n_train=512, n_test=1000)
@@ -113,7 +114,8 @@ def zoo_rows(args, n):
         ref = np.asarray(model.predict(x, verbose=0))
         print(f"zoo {name}: fp32/int8, {n} samples", flush=True)
         for path in sorted(zoo.glob(f"{name}_*.*")):
-            variant = path.stem[len(name) + 1:]
+            parsed = variant_of_file(path)
+            variant = parsed.name if parsed is not None and path.stem == f"{name}_{parsed.name}" else None
             if variant not in ("fp32", "int8", "int16x8"):   # what bench_zoo ships (int16x8 where int8 misses)
                 continue
             thr = default_thresholds(variant)
