@@ -188,17 +188,37 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
     figures["failures"] = _failures(figures, limits, label)
     figures["passed"] = not figures["failures"]
     if figures["failures"] and ref.shape[-1] > 1:
-        figures.update(near_ties(ref, pred_ref != pred_got, figures["max_abs_diff"]))
+        figures.update(near_ties(ref, pred_ref != pred_got, figures["max_abs_diff"],
+                                 output_step(ref, variant)))
     return figures
 
 
-def near_ties(ref: np.ndarray, flipped: np.ndarray, max_abs_diff: float) -> dict:
-    """Why top-1 answers flip: how many flipped samples (pixels) had the Keras model's top two
-    scores closer than twice the file's worst error, i.e. near ties any rounding can reorder.
+def output_step(ref: np.ndarray, variant: str | None) -> float | None:
+    """The step of a calibrated variant's quantized output over ``ref``'s range (int8: 1/255 of
+    it, int16x8: 1/65535), the finest difference its output tensor can hold; None for float
+    variants.
 
     Example:
-        >>> near_ties(np.array([[0.50, 0.49, 0.01], [0.9, 0.05, 0.05]]), np.array([True, False]), 0.02)
-        {'flipped': 1, 'flipped_near_ties': 1, 'near_tie_margin': 0.04, 'median_flipped_margin': 0.01}
+        >>> round(output_step(np.array([[0.0, 1.0]]), "int8"), 6)
+        0.003922
+    """
+    name = str(variant or "")
+    bits = 16 if name.startswith("int16") else 8 if name.startswith("int8") else None
+    if bits is None:
+        return None
+    return float(np.ptp(ref)) / (2 ** bits - 1)
+
+
+def near_ties(ref: np.ndarray, flipped: np.ndarray, max_abs_diff: float, step: float | None = None) -> dict:
+    """Why top-1 answers flip: how many flipped samples (pixels) had the Keras model's top two
+    scores closer than twice the file's worst error (near ties that error can reorder), and,
+    given the quantized output's ``step`` (:func:`output_step`), closer than one step (ties the
+    output's rounding alone can reorder). Flips with wider margins are the arithmetic's error.
+
+    Example:
+        >>> near_ties(np.array([[0.50, 0.49, 0.01], [0.9, 0.05, 0.05]]), np.array([True, False]), 0.02, 0.004)
+        {'flipped': 1, 'flipped_near_ties': 1, 'near_tie_margin': 0.04, 'output_step': 0.004, \
+'flipped_within_step': 0, 'median_flipped_margin': 0.01}
     """
     top2 = np.sort(ref.reshape(-1, ref.shape[-1]), axis=-1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
@@ -206,6 +226,8 @@ def near_ties(ref: np.ndarray, flipped: np.ndarray, max_abs_diff: float) -> dict
     bound = 2 * float(max_abs_diff)
     out = {"flipped": int(flipped.sum()), "flipped_near_ties": int((margin[flipped] < bound).sum()),
            "near_tie_margin": round(bound, 6)}
+    if step is not None:
+        out.update({"output_step": round(step, 6), "flipped_within_step": int((margin[flipped] < step).sum())})
     if flipped.any():
         out["median_flipped_margin"] = round(float(np.median(margin[flipped])), 6)
     return out
@@ -213,10 +235,20 @@ def near_ties(ref: np.ndarray, flipped: np.ndarray, max_abs_diff: float) -> dict
 
 def diagnosis(figures: dict) -> str:
     """One clause on why a check failed, from :func:`near_ties`' figures (empty when there are none)."""
-    if not figures.get("flipped"):
+    n = figures.get("flipped")
+    if not n:
         return ""
-    text = (f"; {figures['flipped_near_ties']} of the {figures['flipped']} flipped answers had the Keras model's top "
-            f"two scores within {figures['near_tie_margin']:.3g} (near ties its error can reorder)")
+    if "output_step" in figures:
+        within = figures["flipped_within_step"]
+        text = (f"; {within} of the {n} flipped answers were near ties (the Keras model's top two scores closer "
+                f"than one output step, {figures['output_step']:.3g}), {figures['flipped_near_ties']} closer than "
+                f"twice the file's worst error ({figures['near_tie_margin']:.3g})")
+        if within < n:
+            text += (f"; the other {n - within} were moved by the quantized arithmetic's error "
+                     f"(median flipped margin {figures.get('median_flipped_margin', 0):.3g})")
+    else:
+        text = (f"; {figures['flipped_near_ties']} of the {n} flipped answers had the Keras model's top "
+                f"two scores within {figures['near_tie_margin']:.3g} (near ties its error can reorder)")
     if figures.get("variant", "").startswith("int8"):
         text += "; the int16x8 variant keeps more precision"
     return text

@@ -135,3 +135,4 @@ def test_export_goes_on_past_a_parity_miss_and_says_why(tmp_path, capsys):
     assert not any((out / f"m_{v}.{fmt}").exists() for fmt, v in failed)
     first = report["failed_parity"][0]
     assert "near ties" in first["error"] and first["parity"]["flipped"] >= 1
+    assert "output step" in first["error"] and "flipped_within_step" in first["parity"]   # int8: the step count
