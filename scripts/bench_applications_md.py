@@ -60,8 +60,9 @@ def _cell(a: dict | None) -> str:
         ms = a.get("median_ms")
         return f"ok {agree}, {'-' if ms is None else f'{ms:.2f} ms'}"
     if p.get("flipped"):
+        step = f", {p['flipped_within_step']} within the output step" if "flipped_within_step" in p else ""
         return (f"**miss** {agree}, max diff {p.get('max_abs_diff', 0):.2g} "
-                f"({p['flipped_near_ties']}/{p['flipped']} flips near ties)")
+                f"({p['flipped_near_ties']}/{p['flipped']} flips near ties{step})")
     if p:
         return f"**miss** {agree}, max diff {p.get('max_abs_diff', 0):.2g}"
     return f"**error**: {a.get('error', '')[:90]}"
@@ -89,15 +90,22 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"Made by `{meta['command']}`. Every family in its smallest member at the smallest input it "
         "accepts, `weights=None`, `classes=10`, on `synthetic_patterns` (oriented gratings, 10 classes; "
-        f"{s['n_train']} training and {s['n_test']} check samples). Families with a step count were trained "
-        f"briefly (Adam 2e-3, batch 32; BatchNorm momentum set to 0.9 in every family) first; the others stay at random initialisation. Both methods prune at rate "
-        f"{s['rate']} (fine-tuning {s.get('fine_tune_epochs', 1)} epoch(s), and for deep as many centroid epochs, on the "
+        f"{s['n_test']} check samples). Families with a step count were trained first"
+        + (f" on {s['n_fit']} samples (Adam 2e-3, batch 32, until the first epoch with {100 * s['train_target']:g}% "
+           f"accuracy on 256 held-out samples or {s['train_steps']} steps, then {s.get('anneal_epochs', 0)} epoch(s) of "
+           "cosine decay to 0; "
+           if "n_fit" in s else f" briefly on {s['n_train']} samples (Adam 2e-3, batch 32; ")
+        + "BatchNorm momentum set to 0.9 in every family); the others stay at random initialisation, and give "
+        f"{s['n_train']} samples to compression and calibration. Both methods prune at rate {s['rate']} (fine-tuning "
+        f"{s.get('fine_tune_epochs', 1)} epoch(s) over the training samples"
+        + (f" at Adam {s['fine_tune_lr']:g} with cosine decay" if "fine_tune_lr" in s else "")
+        + ", and for deep as many centroid epochs, on the "
         "trained families; none on the others); ratio: float32 weights / container bytes. The deep container is decoded "
         "(`store.decode_model`) and its model exported; each file is checked against it (fp32: 100% top-1 "
         "agreement and max abs diff <= 1e-4; int8: >= 99% agreement and <= 0.5 point lost) and benchmarked "
         "(median, batch 1, 1 thread). Cells: parity verdict, top-1 agreement, latency; a miss gives how many "
         "of the flipped answers were near ties of the Keras model's top two scores (closer than twice the file's "
-        "max abs diff); where a trained family's int8 file missed, its int16x8 file (int8 weights, int16 "
+        "max abs diff) and how many closer than one step of the quantized output; where a trained family's int8 file missed, its int16x8 file (int8 weights, int16 "
         "activations) was checked too.",
         "",
         f"Versions: TF {v.get('tensorflow-cpu', '?')}, Keras {v.get('keras', '?')}, tf2onnx {v.get('tf2onnx', '?')}, "
@@ -138,7 +146,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"- int8 misses where every flipped answer was a near tie and the worst error is small (max abs diff <= "
         f"{NEAR_TIE_MAX_DIFF}): {', '.join(c['int8_near_ties']) or 'none'}; other int8 misses (the int8 error "
         f"itself is large, or no file): {', '.join(c['int8_other_failures']) or 'none'}.",
-        f"- int16x8 (tried where a trained family's int8 missed) in parity: " + (", ".join(
+        "- int16x8 (tried where a trained family's int8 missed) in parity: " + (", ".join(
             f"{r['family']} {a['format']}" for r in rows for a in r.get("artifacts", [])
             if a["variant"] == "int16x8" and a["passed"]) or "none") + ".",
         f"- Containers decoded: {c['decoded'][0]} of {c['decoded'][1]} (seed and deep).",

@@ -203,3 +203,40 @@ def test_the_grouped_conv_and_gelu_quirks_are_still_there():
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=sig, opset=17)
         import onnx
         onnx.checker.check_model(proto, full_check=True)
+
+
+@pytest.mark.parametrize("target, epochs", [(0.0, 1), (1.01, 3)])
+def test_training_stops_at_the_first_epoch_that_reaches_the_held_out_target(target, epochs):
+    import keras
+
+    from bench_applications import _stop_at
+    from edgecomp import train
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    stop = _stop_at(x[:16], y[:16], target)
+    train.fit(model, x, y, epochs=3, batch_size=16, verbose=0, callbacks=[stop])
+    assert stop.epochs == epochs and 0.0 <= stop.accuracy <= 1.0
+
+
+def test_md_describes_the_training_recipe_it_ran():
+    from bench_applications_md import markdown
+    settings = {"n_train": 8, "n_test": 4, "rate": 0.5, "n_fit": 4096, "train_steps": 1536, "train_target": 0.99,
+                "anneal_epochs": 1, "fine_tune_epochs": 1, "fine_tune_lr": 1e-3}
+    md = markdown([_row("A", {(f, v): True for f in ("tflite", "onnx") for v in ("fp32", "int8")})],
+                  {"settings": settings, "command": "x", "machine": "m"})
+    assert "on 4096 samples" in md and "or 1536 steps" in md and "99% accuracy on 256 held-out" in md
+    assert "then 1 epoch(s) of cosine decay" in md
+    assert "Adam 0.001 with cosine decay" in md
+
+
+def test_reuse_keeps_an_untrained_row_when_only_training_settings_change():
+    from bench_applications import relevant
+    before = {"rate": 0.5, "n_train": 512, "n_test": 256, "train": ["T"], "train_steps": 960, "fine_tune_lr": 2e-4}
+    after = {**before, "train_steps": 1536, "fine_tune_lr": 1e-3}
+    assert relevant(before, "U") == relevant(after, "U")        # untrained: the same row
+    assert relevant(before, "T") != relevant(after, "T")        # trained: run again
+    assert relevant(before, "U") != relevant({**after, "train": ["T", "U"]}, "U")   # now trained: run again
+    assert relevant(before, "U") != relevant({**before, "n_train": 256}, "U")
