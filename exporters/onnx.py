@@ -338,8 +338,23 @@ def read_onnx(data: bytes) -> tuple[list[str], dict]:
         "input": _value_info(proto.graph.input[0]),
         "output": _value_info(proto.graph.output[0]),
         "sparse_initializers": [_sparse_info(t) for t in proto.graph.sparse_initializer],
+        "output_step": _output_step(proto.graph),
     }
     return sorted(ops), needs
+
+
+def _output_step(graph) -> float | None:
+    """The scale of the DequantizeLinear that makes the main output (a QDQ file's int8/int16
+    output step); None when the output is not dequantized there."""
+    from onnx import numpy_helper
+
+    name = graph.output[0].name
+    node = next((n for n in graph.node if name in n.output), None)
+    if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 2:
+        return None
+    scale = next((t for t in graph.initializer if t.name == node.input[1]), None)
+    value = None if scale is None else numpy_helper.to_array(scale)
+    return float(value) if value is not None and value.size == 1 else None
 
 
 def _sparse_info(sparse) -> dict:

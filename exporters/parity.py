@@ -189,7 +189,7 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
     figures["passed"] = not figures["failures"]
     if figures["failures"] and ref.shape[-1] > 1:
         figures.update(near_ties(ref, pred_ref != pred_got, figures["max_abs_diff"],
-                                 output_step(ref, variant)))
+                                 _file_output_step(path, artifact_or_path, ref, variant)))
     return figures
 
 
@@ -207,6 +207,20 @@ def output_step(ref: np.ndarray, variant: str | None) -> float | None:
     if bits is None:
         return None
     return float(np.ptp(ref)) / (2 ** bits - 1)
+
+
+def _file_output_step(path: Path, artifact, ref: np.ndarray, variant) -> float | None:
+    """The output step the file itself holds (its readers' ``needs["output_step"]``), else the
+    estimate of :func:`output_step` for a calibrated variant."""
+    needs = artifact.needs if isinstance(artifact, Artifact) else None
+    if needs is None or "output_step" not in needs:
+        try:
+            from runtime_bench.runners import format_of
+            _, needs = get_exporter(format_of(path)).describe(path.read_bytes())
+        except Exception:  # noqa: BLE001 - a diagnosis only: fall back to the estimate
+            needs = {}
+    step = needs.get("output_step")
+    return float(step) if step else output_step(ref, variant)
 
 
 def near_ties(ref: np.ndarray, flipped: np.ndarray, max_abs_diff: float, step: float | None = None) -> dict:

@@ -192,6 +192,19 @@ def _tensor_io(schema, subgraph, index: int, dtypes: dict[int, str]) -> dict:
 _ITEM_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT8": 1, "UINT8": 1, "INT16": 2, "INT32": 4, "INT64": 8}
 
 
+def _output_step(subgraph, op_names: list[str]) -> float | None:
+    """The quantization step of the main output: its own scale, or that of the tensor its final
+    DEQUANTIZE reads (float I/O around an int8 graph); None for a float output."""
+    out = int(subgraph.Outputs(0))
+    for o in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(o)
+        if op_names[o] == "DEQUANTIZE" and out in op.OutputsAsNumpy():
+            out = int(op.Inputs(0))
+            break
+    q = subgraph.Tensors(out).Quantization()
+    return float(q.Scale(0)) if q is not None and q.ScaleLength() == 1 else None
+
+
 def _block_shape(sparsity, rank: int) -> list[int] | None:
     """Block shape of a sparse tensor (e.g. ``[1, 16]``), or None for plain (unblocked) CSR."""
     if sparsity.BlockMapLength() == 0:
@@ -287,6 +300,7 @@ def read_tflite(data: bytes) -> tuple[list[str], dict]:
         "output": _tensor_io(schema, main, int(main.Outputs(0)), dtypes),
         "schema_version": int(model.Version()),
         "sparse_weights": _sparse_weights(model, main, op_names, dtypes),
+        "output_step": _output_step(main, op_names),
     }
     return sorted(used), needs
 

@@ -44,3 +44,23 @@ def test_message_says_when_the_arithmetic_not_a_tie_moved_the_answers():
 def test_no_flips_no_clause():
     assert diagnosis(near_ties(REF, np.array([False, False, False]), 0.02, 0.004)) == ""
     assert diagnosis({}) == ""
+
+
+@pytest.mark.parametrize("fmt, variant, step", [("tflite", "int8", 1 / 256), ("onnx", "int8", 1 / 255),
+                                                ("tflite", "fp32", None)])
+def test_the_check_takes_the_output_step_the_file_holds(tmp_path, fmt, variant, step):
+    import keras
+
+    from exporters import ParityError, export_and_check
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5, activation="softmax")])
+    x = np.random.default_rng(0).normal(size=(48, 6, 6, 2)).astype(np.float32)
+    with pytest.raises(ParityError) as err:   # an impossible bar, so the diagnosis is computed
+        export_and_check(model, fmt, variant, tmp_path / f"m.{fmt}", calibration=x, check_x=x,
+                         thresholds={"top1_agreement": 1.01})
+    figures = err.value.figures
+    if step is None:
+        assert "output_step" not in figures
+    else:
+        assert figures["output_step"] == pytest.approx(step, rel=1e-3)
