@@ -147,6 +147,12 @@ def test_report_counts_families_and_near_ties():
     c = counts(rows)
     assert c["fp32"] == [4, 6] and c["int8"] == [2, 6]
     assert c["int8_near_ties"] == ["B"] and c["int8_other_failures"] == ["C", "F", "E"]
+    # With the file's output step counted, that count decides: all flips within one step are ties.
+    step_rows = [_row("G", {**ok, ("onnx", "int8"): False}, flipped=4, near=4, max_diff=0.4),
+                 _row("H", {**ok, ("onnx", "int8"): False}, flipped=4, near=4, max_diff=0.01)]
+    for row, within in zip(step_rows, (4, 1)):
+        next(a for a in row["artifacts"] if not a["passed"])["parity"]["flipped_within_step"] = within
+    assert counts(step_rows)["int8_near_ties"] == ["G"] and counts(step_rows)["int8_other_failures"] == ["H"]
     md = markdown(rows, {"settings": {"n_train": 1, "n_test": 1, "rate": 0.8}, "command": "x", "machine": "m"})
     assert "**4 of 6 families**" in md and "timed out after 5 s" in md
 
