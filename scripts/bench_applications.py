@@ -10,10 +10,12 @@ accepts, randomly initialised (``weights=None``, ``classes=10``), through the wh
 Data: ``synthetic_patterns`` (oriented gratings, 10 classes, position-free, learnable) at each
 family's input size, in [-1, 1], or in [0, 255] for the families whose model rescales its input
 itself (EfficientNet*, MobileNetV3, ConvNeXt). The families in ``--train`` (default MobileNetV2,
-MobileNetV3Small, EfficientNetB0, ResNet50) are first trained for ``--train-steps`` steps, so
-that their class scores are apart and the int8 checks mean something; the rest stay at their
-random initialisation, whose near-tied scores int8 files can reorder (their int8 rows then carry
-the near-tie diagnosis of :func:`exporters.parity.near_ties`).
+MobileNetV3Small, EfficientNetB0, ResNet50) first learn the task on ``--n-fit`` samples (until
+``--train-target`` held-out accuracy or ``--train-steps`` steps, then ``--anneal-epochs`` of
+cosine decay), so that their class scores are apart and the int8 checks mean something; their
+compression fine-tunes on the same samples. The rest stay at their random initialisation, whose
+near-tied scores int8 files can reorder (their int8 rows then carry the near-tie diagnosis of
+:func:`exporters.parity.near_ties`), and compress and calibrate on ``--n-train`` samples.
 
 Per family: the seed's method (rate ``--rate``, per filter, int8 values) and the deep method
 (pruning + weight sharing + entropy coding) each give a container, decoded by
@@ -72,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of " + ", ".join(FAMILIES))
     p.add_argument("--quick", action="store_true", help="fewer samples, steps and timed runs (a smoke run)")
-    p.add_argument("--train", default=",".join(TRAINED), help="families trained briefly before compression ('' none)")
+    p.add_argument("--train", default=",".join(TRAINED), help="families trained before compression ('' none)")
     p.add_argument("--train-steps", type=int, default=None,
                    help="most training steps, batch 32 (default 1536; quick 96)")
     p.add_argument("--train-target", type=float, default=0.99,
@@ -86,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
                    help="masked fine-tuning (and deep: centroid) epochs of the trained families (the rest: 0)")
     p.add_argument("--fine-tune-lr", type=float, default=1e-3,
                    help="masked fine-tuning rate of the trained families (Adam, cosine decay)")
-    p.add_argument("--n-train", type=int, default=None, help="training samples (default 512; quick 256)")
+    p.add_argument("--n-train", type=int, default=None, help="samples the untrained families compress and calibrate on (default 512; quick 256)")
     p.add_argument("--n-test", type=int, default=None, help="parity and bench samples (default 256; quick 64)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per file (default 30; quick 5)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per family (its own process)")

@@ -147,7 +147,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         + f"; exported from the decoded container: **{c['fp32_via_container'][0]} of {m} families**"
         + "".join(f"; {r['family']} from the {r['exported_from']}" for r in rows
                   if not r.get("exported_from", "decoded").startswith("decoded")) + ".",
-        f"- int8 TFLite and ONNX both in parity: **{i8[0]} of {i8[1]} families**; of the briefly trained ones "
+        f"- int8 TFLite and ONNX both in parity: **{i8[0]} of {i8[1]} families**; of the trained ones "
         f"**{i8t[0]} of {i8t[1]}**.",
         f"- int8 misses where every flipped answer was a near tie (the Keras model's top two scores closer than one "
         f"step of the file's quantized output): {', '.join(c['int8_near_ties']) or 'none'}; other int8 misses (the int8 error "
