@@ -21,8 +21,9 @@ int8 kernels quantize:
   grid already. Average pooling and bilinear upsampling run on their input's scale too, but
   leave its grid: their output is rounded back onto it (:class:`~edgecomp.qat_layers.TiedFakeQuant`).
 
-Any other layer kind is left float and named in ``report["float"]``: the converter then
-keeps that op in float between a dequantize and a quantize (or fails for int8-only files).
+Any other layer kind is left float and named in ``report["float"]``, with a range after it: the
+converter then keeps that op in float between a dequantize and a quantize on that range (or fails
+for int8-only files).
 
 :func:`fine_tune` trains the result (masks held at exactly 0, shared weights kept on their
 codebook: the centroids train, as in Deep Compression), :func:`activation_ranges` reads the
@@ -134,7 +135,7 @@ def _functional(model):
     return _functional_config(model)[0]
 
 
-def quantize_model(model, config: QAT | None = None, ranges: dict | None = None):
+def quantize_model(model, config: QAT | None = None, ranges: dict | None = None, *, legacy: bool = False):
     """A QAT model over ``model``'s own layers, and a report of what was quantized.
 
     Args:
@@ -143,6 +144,8 @@ def quantize_model(model, config: QAT | None = None, ranges: dict | None = None)
         config: the :class:`QAT` settings (weight bits, range decay).
         ranges: trained activation ranges (:func:`activation_ranges` of an earlier run) to
             start from; every range of the rebuilt model must be there.
+        legacy: rebuild as containers written before Dec 2026 were trained: a BatchNorm after
+            a depthwise conv left unfolded, and no range after a layer left float.
 
     Returns:
         ``(qmodel, report)``: ``report`` has ``quantized`` (wrapped layers), ``folded``
@@ -162,7 +165,7 @@ def quantize_model(model, config: QAT | None = None, ranges: dict | None = None)
 
     config = config or QAT()
     model = _functional(model)
-    plan = fold_plan(model)
+    plan = fold_plan(model, depthwise=not legacy)   # the int8 kernels fold a depthwise conv's BN too
     graph = ModelGraph(model, expand_nested=False)
     back = {target: bn for bn, (mode, target) in plan.items() if mode == "back"}
     forward = {target: bn for bn, (mode, target) in plan.items() if mode == "forward"}
@@ -251,7 +254,12 @@ def quantize_model(model, config: QAT | None = None, ranges: dict | None = None)
             return fq(y, f"{name}_fq") if range_after(name) else y
         why = "a nested model (QAT wraps top-level layers)" if hasattr(layer, "layers") else "no int8 rule for it"
         report["float"].append({"layer": name, "kind": kind, "why": why})
-        return y
+        if legacy or keras.tree.is_nested(y) or not keras.backend.is_float_dtype(y.dtype):
+            return y
+        # A range of its own: the int8 op that reads it needs its input's scale. Without one,
+        # TF 2.21's converter fed keras.applications EfficientNetB0's stem conv (after its float
+        # Rescaling and Normalization) garbage: 10% top-1 agreement (Dec 2026).
+        return fq(y, f"{name}_fq")
 
     qmodel = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
     qmodel._edgecomp_float = model
@@ -395,4 +403,11 @@ def restore(model, info: dict):
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise EdgecompError(f"the container's QAT record is malformed ({type(exc).__name__})",
                             fix="re-create the container with edgecomp compress --qat-epochs") from None
-    return quantize_model(model, config, ranges=ranges)[0]
+    try:
+        return quantize_model(model, config, ranges=ranges)[0]
+    except EdgecompError:
+        try:   # a container written before Dec 2026: its ranges fit the layout it was trained in
+            return quantize_model(model, config, ranges=ranges, legacy=True)[0]
+        except EdgecompError:
+            pass
+        raise

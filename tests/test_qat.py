@@ -295,3 +295,61 @@ def test_input_ranges_pair_by_position_when_keras_renames_the_input():
     other = next(k for k in ranges if k != "first_name_fq")
     with pytest.raises(EdgecompError, match="QAT ranges do not fit this model"):
         qat.set_ranges(qmodel, {("elsewhere_fq" if k == other else k): v for k, v in ranges.items()})
+
+
+def _stem_model():
+    """keras.applications' stem: float Rescaling and a Normalization holding its statistics as
+    variables (as adapt() leaves them) before the first conv; a depthwise conv with its
+    BatchNorm after it (EfficientNet's and MobileNetV2's blocks)."""
+    inp = keras.Input((12, 12, 3), name="pixels")
+    x = L.Rescaling(2.0, name="rescale")(inp)
+    norm = L.Normalization(axis=-1, name="norm")
+    x = norm(x)
+    norm.set_weights([np.array([0.3, 0.2, 0.4], "float32"), np.array([0.09, 0.05, 0.2], "float32"),
+                      np.array(1.0, "float32")])
+    x = L.Conv2D(8, 3, padding="same", use_bias=False, name="c1")(x)
+    x = L.Activation("relu", name="r1")(L.BatchNormalization(momentum=0.8, name="bn1")(x))
+    x = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    x = L.Activation("relu", name="r2")(L.BatchNormalization(momentum=0.8, name="dw_bn")(x))
+    return keras.Model(inp, L.Dense(4, activation="softmax", name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+
+
+def _rgb(xy):
+    x, y = xy
+    return np.concatenate([x, 0.5 * x, 1.5 * x], -1), y
+
+
+def test_float_stem_gets_a_range_and_depthwise_bn_folds(tmp_path):
+    """The conv after float layers reads them on a trained range of their own (without one, TF
+    2.21's converter fed this stem's conv garbage: 25-33% agreement), and a depthwise
+    conv's BatchNorm folds into it as the int8 kernels run it."""
+    from exporters import export_and_check
+
+    keras.utils.set_random_seed(1)
+    (x, y), (xt, yt) = _rgb(_data(512, 0)), _rgb(_data(400, 1))
+    model = _stem_model()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    qmodel, report = qat.quantize_model(model)
+    assert report["folded"] == {"bn1": "c1", "dw_bn": "dw"}
+    assert [f["layer"] for f in report["float"]] == ["rescale", "norm"]
+    assert {"rescale_fq", "norm_fq"} <= set(report["ranges"])
+    qat.fine_tune(qmodel, x, y, qat.QAT(epochs=1), batch_size=32, verbose=0)
+    art = export_and_check(qmodel, "tflite", "int8", tmp_path / "stem.tflite", check_x=xt, check_y=yt)
+    assert art.parity["passed"] and art.parity["top1_agreement"] >= 0.995
+
+
+def test_a_container_trained_in_the_earlier_layout_still_restores():
+    """Ranges trained before Dec 2026 (depthwise BN unfolded, no range after a float layer) fit
+    the layout they were trained in; restore() rebuilds that one."""
+    x, _ = _rgb(_data(64, 0))
+    model = _stem_model()
+    old, report = qat.quantize_model(model, legacy=True)
+    assert report["folded"] == {"bn1": "c1"} and "norm_fq" not in report["ranges"]
+    qat.calibrate(old, x, 32, 2)
+    info = {"config": qat.QAT().get_config(), "ranges": qat.activation_ranges(old)}
+    again = qat.restore(model, info)
+    got, want = qat.activation_ranges(again), qat.activation_ranges(old)
+    assert got.keys() == want.keys() and all(np.allclose(got[k], want[k]) for k in want)
+    with pytest.raises(EdgecompError, match="QAT ranges do not fit"):
+        qat.restore(model, {**info, "ranges": {**info["ranges"], "stray_fq": [0.0, 1.0]}})
