@@ -7,13 +7,20 @@ from pathlib import Path
 CELLS = (("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
 
 
-def _artifact(row: dict, fmt: str, variant: str) -> dict | None:
-    return next((a for a in row.get("artifacts", []) if a["format"] == fmt and a["variant"] == variant), None)
+def _artifact(row: dict, fmt: str, variant: str, route: str | None = None) -> dict | None:
+    """The ``fmt`` ``variant`` file of the row (post-training quantized), or of the QAT route (``route="qat"``)."""
+    return next((a for a in row.get("artifacts", [])
+                 if a["format"] == fmt and a["variant"] == variant and a.get("route") == route), None)
 
 
-def _passed(row: dict, variant: str) -> bool:
-    arts = [_artifact(row, fmt, variant) for fmt in ("tflite", "onnx")]
+def _passed(row: dict, variant: str, route: str | None = None) -> bool:
+    arts = [_artifact(row, fmt, variant, route) for fmt in ("tflite", "onnx")]
     return all(a is not None and a["passed"] for a in arts)
+
+
+def _int8_either(row: dict) -> bool:
+    """int8 in parity in both formats, post-training or (where that missed) by the QAT route."""
+    return _passed(row, "int8") or _passed(row, "int8", "qat")
 
 
 #: A miss is put down to near ties only when the file's worst error is this small as well (int8
@@ -48,6 +55,8 @@ def counts(rows: list[dict]) -> dict:
                                        for r in rows), m],
             "int8": [sum(_passed(r, "int8") for r in rows), m],
             "int8_trained": [sum(_passed(r, "int8") for r in trained), len(trained)],
+            "int8_trained_with_qat": [sum(_int8_either(r) for r in trained), len(trained)],
+            "int8_by_qat": [r["family"] for r in rows if not _passed(r, "int8") and _passed(r, "int8", "qat")],
             "int8_near_ties": near,
             "int8_other_failures": [r["family"] for r in int8_miss if r["family"] not in near],
             "fp32_failures": [r["family"] for r in rows if not _passed(r, "fp32")],
@@ -75,9 +84,11 @@ def _cell(a: dict | None) -> str:
 
 
 def _wide(row: dict, fmt: str, variant: str) -> str:
-    """The int16x8 file tried where int8 missed, as a note in the int8 cell."""
-    a = _artifact(row, fmt, "int16x8") if variant == "int8" else None
-    return "" if a is None else f"; int16x8: {_cell(a)}"
+    """The int16x8 and QAT int8 files tried where int8 missed, as notes in the int8 cell."""
+    if variant != "int8":
+        return ""
+    wide, qat = _artifact(row, fmt, "int16x8"), _artifact(row, fmt, "int8", "qat")
+    return ("" if wide is None else f"; int16x8: {_cell(wide)}") + ("" if qat is None else f"; QAT int8: {_cell(qat)}")
 
 
 def _ratio(entry: dict | None) -> str:
@@ -112,7 +123,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "(median, batch 1, 1 thread). Cells: parity verdict, top-1 agreement, latency; a miss gives how many "
         "of the flipped answers had the Keras model's top two scores closer than one step of the file's quantized "
         "output (near ties) and how many closer than twice the file's max abs diff; where a trained family's int8 file missed, its int16x8 file (int8 weights, int16 "
-        "activations) was checked too.",
+        "activations) was checked too, and the family was deep-compressed again with "
+        f"{s.get('qat_epochs', 0)} epoch(s) of quantization-aware training (`qat_epochs`), its int8 files made from "
+        "that container's trained ranges (\"QAT int8\"; QAT files need >= 99.5% agreement).",
         "",
         f"Versions: TF {v.get('tensorflow-cpu', '?')}, Keras {v.get('keras', '?')}, tf2onnx {v.get('tf2onnx', '?')}, "
         f"onnx {v.get('onnx', '?')}, ONNX Runtime {v.get('onnxruntime', '?')}, LiteRT {v.get('ai-edge-litert', '?')}. "
@@ -148,7 +161,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         + "".join(f"; {r['family']} from the {r['exported_from']}" for r in rows
                   if not r.get("exported_from", "decoded").startswith("decoded")) + ".",
         f"- int8 TFLite and ONNX both in parity: **{i8[0]} of {i8[1]} families**; of the trained ones "
-        f"**{i8t[0]} of {i8t[1]}**.",
+        f"**{i8t[0]} of {i8t[1]}**; with QAT where post-training int8 missed: **{c['int8_trained_with_qat'][0]} of "
+        f"{c['int8_trained_with_qat'][1]}**" + (f" ({', '.join(c['int8_by_qat'])} by QAT)" if c["int8_by_qat"] else "")
+        + ".",
         f"- int8 misses where every flipped answer was a near tie (the Keras model's top two scores closer than one "
         f"step of the file's quantized output): {', '.join(c['int8_near_ties']) or 'none'}; other int8 misses (the int8 error "
         f"itself is large, or no file): {', '.join(c['int8_other_failures']) or 'none'}.",

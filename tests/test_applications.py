@@ -75,7 +75,7 @@ def _family_chain(family, tmp_path, method="deep"):
     import keras
 
     import exporters
-    from bench_applications import build, data
+    from bench_applications_family import build, data
     keras.utils.set_random_seed(0)
     model = build(family)
     ds = data(family, 64, 32)
@@ -95,7 +95,7 @@ def test_efficientnetb0_onnx_runs_and_agrees(tmp_path):
     import onnx
 
     import exporters
-    from bench_applications import build, data
+    from bench_applications_family import build, data
     keras.utils.set_random_seed(0)
     ds = data("EfficientNetB0", 8, 16)
     art = exporters.export_and_check(build("EfficientNetB0"), "onnx", "fp32", tmp_path / "e.onnx", check_x=ds.x_test)
@@ -117,7 +117,7 @@ def test_mobilenetv3small_seed_method_chain(tmp_path):
 
 
 def test_every_family_builds_at_its_smallest_input():
-    from bench_applications import FAMILIES, build
+    from bench_applications_family import FAMILIES, build
     for family in ("MobileNet", "InceptionV3", "Xception"):
         model = build(family)
         assert model.inputs[0].shape[1] == FAMILIES[family][2] and model.outputs[0].shape[-1] == 10
@@ -215,7 +215,7 @@ def test_the_grouped_conv_and_gelu_quirks_are_still_there():
 def test_training_stops_at_the_first_epoch_that_reaches_the_held_out_target(target, epochs):
     import keras
 
-    from bench_applications import _stop_at
+    from bench_applications_family import _stop_at
     from edgecomp import train
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -246,3 +246,36 @@ def test_reuse_keeps_an_untrained_row_when_only_training_settings_change():
     assert relevant(before, "T") != relevant(after, "T")        # trained: run again
     assert relevant(before, "U") != relevant({**after, "train": ["T", "U"]}, "U")   # now trained: run again
     assert relevant(before, "U") != relevant({**before, "n_train": 256}, "U")
+
+
+def test_qat_route_counts_where_post_training_int8_missed():
+    """A trained family whose post-training int8 missed counts as in parity by QAT only when both
+    QAT int8 files pass; the cell shows the QAT file beside the miss."""
+    from bench_applications_md import counts, markdown
+    ok = {(f, v): True for f in ("tflite", "onnx") for v in ("fp32", "int8")}
+    rows = [_row("Q", {**ok, ("onnx", "int8"): False}, flipped=3, near=0, max_diff=0.7),
+            _row("R", {**ok, ("onnx", "int8"): False}, flipped=3, near=0, max_diff=0.7)]
+    for row, tflite_ok in zip(rows, (True, False)):
+        row["trained_steps"] = 100
+        for fmt, passed in (("tflite", tflite_ok), ("onnx", True)):
+            row["artifacts"].append({"format": fmt, "variant": "int8", "route": "qat", "passed": passed,
+                                     "parity": {"top1_agreement": 1.0 if passed else 0.9}, "median_ms": 2.0})
+    c = counts(rows)
+    assert c["int8"] == [0, 2] and c["int8_trained"] == [0, 2]
+    assert c["int8_trained_with_qat"] == [1, 2] and c["int8_by_qat"] == ["Q"]
+    md = markdown(rows, {"settings": {"n_train": 1, "n_test": 1, "rate": 0.5, "qat_epochs": 1}, "command": "x",
+                         "machine": "m"})
+    assert "with QAT where post-training int8 missed: **1 of 2** (Q by QAT)" in md
+    assert "; QAT int8: ok 100.0%, 2.00 ms" in md
+
+
+def test_reuse_counts_qat_epochs_only_where_the_qat_route_ran():
+    from bench_applications import reusable
+    cfg = {"rate": 0.5, "n_train": 512, "train": ["T"], "qat_epochs": 1}
+    passed = {"settings": {"rate": 0.5, "n_train": 512, "train": ["T"]},   # made before --qat-epochs existed
+              "artifacts": [{"format": "onnx", "variant": "int8", "passed": True}]}
+    missed = {**passed, "artifacts": [{"format": "onnx", "variant": "int8", "passed": False}]}
+    assert reusable(passed, cfg, "T")              # int8 passed: the QAT route never runs
+    assert not reusable(missed, cfg, "T")          # it would run now: make the row again
+    assert reusable({**missed, "settings": cfg}, cfg, "T")
+    assert not reusable({**missed, "settings": cfg}, {**cfg, "qat_epochs": 2}, "T")
