@@ -190,6 +190,7 @@ def check_parity(model, artifact_or_path: Artifact | str | os.PathLike, x: np.nd
     if figures["failures"] and ref.shape[-1] > 1:
         figures.update(near_ties(ref, pred_ref != pred_got, figures["max_abs_diff"],
                                  _file_output_step(path, artifact_or_path, ref, variant)))
+        figures["qat"] = trained
     return figures
 
 
@@ -263,8 +264,11 @@ def diagnosis(figures: dict) -> str:
     else:
         text = (f"; {figures['flipped_near_ties']} of the {n} flipped answers had the Keras model's top "
                 f"two scores within {figures['near_tie_margin']:.3g} (near ties its error can reorder)")
-    if figures.get("variant", "").startswith("int8"):
+    if (figures.get("variant") or "").startswith("int8"):
         text += "; the int16x8 variant keeps more precision"
+        moved = n - figures.get("flipped_within_step", figures.get("flipped_near_ties", 0))
+        if moved and not figures.get("qat"):
+            text += ", and quantization-aware training (compress --qat-epochs 1) trains the net for the int8 arithmetic"
     return text
 
 

@@ -41,6 +41,15 @@ def test_message_says_when_the_arithmetic_not_a_tie_moved_the_answers():
     assert "1 of the 1 flipped answers were near ties" in text and "moved by" not in text
 
 
+def test_an_arithmetic_miss_points_to_qat_unless_the_file_was_made_by_qat():
+    beyond = {**near_ties(REF, np.array([True, True, True]), 0.02, 0.004), "variant": "int8", "qat": False}
+    assert "compress --qat-epochs 1" in diagnosis(beyond)
+    assert "--qat-epochs" not in diagnosis({**beyond, "qat": True})        # QAT already: no such advice
+    ties = {**near_ties(REF, np.array([True, False, False]), 0.02, 0.004), "variant": "int8"}
+    assert "--qat-epochs" not in diagnosis(ties)                          # near ties only: QAT is no cure
+    assert "--qat-epochs" not in diagnosis({**beyond, "variant": None})   # a bare file: no int8 advice
+
+
 def test_no_flips_no_clause():
     assert diagnosis(near_ties(REF, np.array([False, False, False]), 0.02, 0.004)) == ""
     assert diagnosis({}) == ""
