@@ -170,6 +170,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "- int16x8 (tried where a trained family's int8 missed) in parity: " + (", ".join(
             f"{r['family']} {a['format']}" for r in rows for a in r.get("artifacts", [])
             if a["variant"] == "int16x8" and a["passed"]) or "none") + ".",
+        "- QAT route containers (deep compression again, with QAT): " + ("; ".join(
+            f"{r['family']} {r['deep_qat']['ratio']}x ({r['deep_qat']['container_bytes']:,} B), decoded QAT model's "
+            f"accuracy {100 * r['deep_qat']['accuracy']:.1f}%" for r in rows if r.get("deep_qat")) or "none") + ".",
         f"- Containers decoded: {c['decoded'][0]} of {c['decoded'][1]} (seed and deep).",
         "- ONNX: families with a Keras `Normalization` layer ("
         + (", ".join(r["family"] for r in rows if r.get("normalization_layers")) or "none here")

@@ -260,6 +260,7 @@ def test_qat_route_counts_where_post_training_int8_missed():
         for fmt, passed in (("tflite", tflite_ok), ("onnx", True)):
             row["artifacts"].append({"format": fmt, "variant": "int8", "route": "qat", "passed": passed,
                                      "parity": {"top1_agreement": 1.0 if passed else 0.9}, "median_ms": 2.0})
+    rows[0]["deep_qat"] = {"ratio": 6.3, "container_bytes": 2_500_000, "decoded": True, "accuracy": 0.99}
     c = counts(rows)
     assert c["int8"] == [0, 2] and c["int8_trained"] == [0, 2]
     assert c["int8_trained_with_qat"] == [1, 2] and c["int8_by_qat"] == ["Q"]
@@ -267,6 +268,7 @@ def test_qat_route_counts_where_post_training_int8_missed():
                          "machine": "m"})
     assert "with QAT where post-training int8 missed: **1 of 2** (Q by QAT)" in md
     assert "; QAT int8: ok 100.0%, 2.00 ms" in md
+    assert "Q 6.3x (2,500,000 B), decoded QAT model's accuracy 99.0%" in md
 
 
 def test_reuse_counts_qat_epochs_only_where_the_qat_route_ran():
