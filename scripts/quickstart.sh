@@ -32,17 +32,19 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# 3. Real Fashion-MNIST (the main job trains on it, and the CLI tests read it): Debian's package
+#    when apt is usable, else Keras's downloader (inside edgecomp).
+if [ "$what" != setup ] && [ -z "${EDGECOMP_DATA:-}" ] && [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then
+  apt_install dataset-fashion-mnist || echo "quickstart: apt not usable; edgecomp will try Keras's downloader" >&2
+fi
+
 case "$what" in
   demo)
-    # 3. Real Fashion-MNIST: Debian's package when apt is usable, else Keras's downloader (inside edgecomp).
-    if [ -z "${EDGECOMP_DATA:-}" ] && [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then
-      apt_install dataset-fashion-mnist || echo "quickstart: apt not usable; edgecomp will try Keras's downloader" >&2
-    fi
     shift || true
     exec "$VENV/bin/edgecomp" run "$@"
     ;;
   test)
-    # 3. The emulated arm64 target's tool (tests/test_arm64.py builds its cache, ~15 s; they are
+    # 4. The emulated arm64 target's tool (tests/test_arm64.py builds its cache, ~15 s; they are
     #    skipped where mmdebstrap can't be had, and fail where EDGECOMP_REQUIRE_ARM64=1, as in CI).
     if ! command -v mmdebstrap >/dev/null; then
       apt_install mmdebstrap || echo "quickstart: apt not usable; the arm64 emulation tests will be skipped" >&2
