@@ -67,6 +67,10 @@ RESCALING = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Co
              "Softmax", "LeakyReLU", "ELU", "PReLU")
 _FLOAT_BN = ("a BatchNorm with no conv/dense to fold into: the converters keep it in float between a dequantize "
              "and a quantize on its trained range")
+#: The placement :func:`quantize_model` builds, stored with a container's ranges: 2 folds a
+#: depthwise conv's BatchNorm and puts a range after each layer left float (1: neither).
+LAYOUT = 2
+
 #: Layers whose int8 kernel keeps its input's scale (or that vanish at inference).
 SAME_SCALE = ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
               "GlobalMaxPooling3D", "Reshape", "Flatten", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
@@ -144,8 +148,9 @@ def quantize_model(model, config: QAT | None = None, ranges: dict | None = None,
         config: the :class:`QAT` settings (weight bits, range decay).
         ranges: trained activation ranges (:func:`activation_ranges` of an earlier run) to
             start from; every range of the rebuilt model must be there.
-        legacy: rebuild as containers written before Dec 2026 were trained: a BatchNorm after
-            a depthwise conv left unfolded, and no range after a layer left float.
+        legacy: rebuild in layout 1 (:data:`LAYOUT`), as containers written before Dec 2026
+            were trained: a BatchNorm after a depthwise conv left unfolded, and no range after
+            a layer left float.
 
     Returns:
         ``(qmodel, report)``: ``report`` has ``quantized`` (wrapped layers), ``folded``
@@ -392,7 +397,7 @@ def fine_tune(qmodel, x, y, config: QAT | None = None, *, batch_size: int = 64, 
 def container_info(qmodel, config: QAT, report: dict) -> dict:
     """What a container stores of a QAT run: the settings, the trained ranges and the report."""
     return {"config": config.get_config(), "ranges": activation_ranges(qmodel),
-            "float_layers": report["float"], "folded": report["folded"]}
+            "float_layers": report["float"], "folded": report["folded"], "layout": LAYOUT}
 
 
 def restore(model, info: dict):
@@ -400,14 +405,9 @@ def restore(model, info: dict):
     try:
         config = QAT.from_config(info["config"])
         ranges = {str(k): (float(v[0]), float(v[1])) for k, v in dict(info["ranges"]).items()}
+        # A container without a layout was trained before Dec 2026: its ranges fit that layout.
+        legacy = int(info.get("layout", 1)) < LAYOUT
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise EdgecompError(f"the container's QAT record is malformed ({type(exc).__name__})",
                             fix="re-create the container with edgecomp compress --qat-epochs") from None
-    try:
-        return quantize_model(model, config, ranges=ranges)[0]
-    except EdgecompError:
-        try:   # a container written before Dec 2026: its ranges fit the layout it was trained in
-            return quantize_model(model, config, ranges=ranges, legacy=True)[0]
-        except EdgecompError:
-            pass
-        raise
+    return quantize_model(model, config, ranges=ranges, legacy=legacy)[0]

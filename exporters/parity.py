@@ -253,8 +253,8 @@ def diagnosis(figures: dict) -> str:
     n = figures.get("flipped")
     if not n:
         return ""
+    within = figures.get("flipped_within_step", figures.get("flipped_near_ties", 0))   # the ties
     if "output_step" in figures:
-        within = figures["flipped_within_step"]
         text = (f"; {within} of the {n} flipped answers were near ties (the Keras model's top two scores closer "
                 f"than one output step, {figures['output_step']:.3g}), {figures['flipped_near_ties']} closer than "
                 f"twice the file's worst error ({figures['near_tie_margin']:.3g})")
@@ -266,8 +266,7 @@ def diagnosis(figures: dict) -> str:
                 f"two scores within {figures['near_tie_margin']:.3g} (near ties its error can reorder)")
     if (figures.get("variant") or "").startswith("int8"):
         text += "; the int16x8 variant keeps more precision"
-        moved = n - figures.get("flipped_within_step", figures.get("flipped_near_ties", 0))
-        if moved and not figures.get("qat"):
+        if within < n and not figures.get("qat"):
             text += ", and quantization-aware training (compress --qat-epochs 1) trains the net for the int8 arithmetic"
     return text
 

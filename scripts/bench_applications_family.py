@@ -97,10 +97,39 @@ def export_one(model, fmt: str, variant: str, path: Path, x_cal, x, y) -> dict:
     return entry
 
 
+def _container(result, path: Path, x, y) -> tuple[dict, object]:
+    """Save ``result``'s container at ``path`` and decode it: its row entry (bytes, ratio, decoded,
+    accuracy) and the decoded model (None where the decoder refused it: a finding, in the entry)."""
+    from edgecomp import store
+    from edgecomp.errors import first_line
+
+    result.save(path)
+    weights = sum(r["params"] for r in result.report)
+    entry = {"container_bytes": len(result.container), "ratio": round(4 * weights / len(result.container), 2)}
+    try:
+        decoded = store.decode_model(path.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - a refused container is a finding
+        entry.update({"decoded": False, "error": f"{type(exc).__name__}: {first_line(exc, default='')}"})
+        return entry, None
+    entry.update({"decoded": True, "accuracy": _accuracy(decoded, x, y)})
+    return entry, decoded
+
+
+def _export(row: dict, log, model, fmt: str, variant: str, path: Path, ds, route: str | None = None) -> dict:
+    """:func:`export_one` on the row's data, appended to ``row["artifacts"]`` and logged."""
+    entry = export_one(model, fmt, variant, path, ds.x_train[:128], ds.x_test, ds.y_test)
+    row["artifacts"].append({**entry, "route": route} if route else entry)
+    p = entry.get("parity") or {}
+    log(f"{fmt} {variant}{' (' + route.upper() + ')' if route else ''}: "
+        f"{'ok' if entry['passed'] else 'FAILED ' + entry.get('error', '')[:300]} "
+        f"(top-1 {p.get('top1_agreement')}, max diff {p.get('max_abs_diff')}, {entry['seconds']} s)")
+    return entry
+
+
 def run_family(family: str, cfg: dict, work: Path, log) -> dict:
     import keras
 
-    from edgecomp import store, train
+    from edgecomp import train
     from edgecomp.graph import count_macs
     from edgecomp.pipeline import compress
     from runtime_bench import bench_files
@@ -151,44 +180,26 @@ def run_family(family: str, cfg: dict, work: Path, log) -> dict:
     fine = cfg["fine_tune_epochs"] if trained else 0   # untrained nets: prune and share only (nothing to keep)
     common = {"rate": cfg["rate"], "fine_tune_epochs": fine, "batch_size": 32, "verbose": 0,
               "learning_rate": cfg["fine_tune_lr"], "lr_schedule": "cosine"}
-    weights = None
     qat_source = _copy(model) if trained and cfg["qat_epochs"] else None   # deep compresses `model` in place
     for method in ("seed", "deep"):
         source = _copy(model) if method == "seed" else model
         extra = {"centroid_epochs": fine} if method == "deep" else {}
         result = compress(source, (ds.x_train, ds.y_train), method=method, info={"model": family}, **common, **extra)
-        path = work / f"{family}_{method}.ecz"
-        result.save(path)
-        weights = sum(r["params"] for r in result.report)
-        entry = {"container_bytes": len(result.container), "ratio": round(4 * weights / len(result.container), 2)}
-        try:
-            decoded = store.decode_model(path.read_bytes())
-            entry.update({"decoded": True, "accuracy": _accuracy(decoded, x, y)})
-        except Exception as exc:  # noqa: BLE001 - a refused container is a finding
-            from edgecomp.errors import first_line
-            entry.update({"decoded": False, "error": f"{type(exc).__name__}: {first_line(exc, default='')}"})
-            decoded = None
-        row[method] = entry
+        row[method], decoded = _container(result, work / f"{family}_{method}.ecz", x, y)
         stage(f"compress_{method}")
-    row["weights"] = int(weights)
+    row["weights"] = int(sum(r["params"] for r in result.report))
     row["artifacts"] = []
     row["exported_from"] = "decoded deep container"
     if decoded is None:   # a decoder finding: the exporters are still checked, on the in-memory compressed model
         row["error"] = "deep container not decoded: " + row["deep"]["error"]
         decoded, row["exported_from"] = result.model, "in-memory compressed model (container not decoded)"
     for fmt, variant in EXPORTS:
-        entry = export_one(decoded, fmt, variant, work / f"{family}_{variant}.{fmt}", ds.x_train[:128], x, y)
-        row["artifacts"].append(entry)
-        p = entry.get("parity") or {}
-        log(f"{fmt} {variant}: {'ok' if entry['passed'] else 'FAILED ' + entry.get('error', '')[:300]} "
-            f"(top-1 {p.get('top1_agreement')}, max diff {p.get('max_abs_diff')}, {entry['seconds']} s)")
-    for a in [a for a in row["artifacts"] if a["variant"] == "int8" and not a["passed"]]:
-        if trained:   # int8 out of parity: are 16-bit activations enough? (int8 weights, int16 activations)
-            fmt = a["format"]
-            entry = export_one(decoded, fmt, "int16x8", work / f"{family}_int16x8.{fmt}", ds.x_train[:128], x, y)
-            row["artifacts"].append(entry)
-            log(f"{fmt} int16x8: {'ok' if entry['passed'] else 'FAILED ' + entry.get('error', '')[:200]}")
-    if qat_source is not None and any(a["variant"] == "int8" and not a["passed"] for a in row["artifacts"]):
+        _export(row, log, decoded, fmt, variant, work / f"{family}_{variant}.{fmt}", ds)
+    missed = [a["format"] for a in row["artifacts"] if a["variant"] == "int8" and not a["passed"]]
+    if trained:   # int8 out of parity: are 16-bit activations enough? (int8 weights, int16 activations)
+        for fmt in missed:
+            _export(row, log, decoded, fmt, "int16x8", work / f"{family}_int16x8.{fmt}", ds)
+    if qat_source is not None and missed:
         _qat_route(family, qat_source, ds, common | {"centroid_epochs": fine}, cfg, work, row, log)
     stage("export")
     files = [work / a["file"] for a in row["artifacts"] if a["passed"]]
@@ -207,21 +218,11 @@ def run_family(family: str, cfg: dict, work: Path, log) -> dict:
 def _qat_route(family: str, model, ds, common: dict, cfg: dict, work: Path, row: dict, log) -> None:
     """What a practitioner does when post-training int8 misses: deep compression again with
     quantization-aware training, and int8 files from that container (on its trained ranges)."""
-    from edgecomp import store
     from edgecomp.pipeline import compress
 
     result = compress(model, (ds.x_train, ds.y_train), method="deep", info={"model": family},
                       qat_epochs=cfg["qat_epochs"], **common)
-    path = work / f"{family}_deep_qat.ecz"
-    result.save(path)
-    weights = sum(r["params"] for r in result.report)
-    decoded = store.decode_model(path.read_bytes())   # the QAT model: float layers + trained ranges
-    row["deep_qat"] = {"container_bytes": len(result.container), "ratio": round(4 * weights / len(result.container), 2),
-                       "decoded": True, "accuracy": _accuracy(decoded, ds.x_test, ds.y_test)}
-    for fmt in ("tflite", "onnx"):
-        entry = export_one(decoded, fmt, "int8", work / f"{family}_qat_int8.{fmt}", ds.x_train[:128],
-                           ds.x_test, ds.y_test)
-        row["artifacts"].append({**entry, "route": "qat"})
-        p = entry.get("parity") or {}
-        log(f"{fmt} int8 (QAT): {'ok' if entry['passed'] else 'FAILED ' + entry.get('error', '')[:200]} "
-            f"(top-1 {p.get('top1_agreement')}, max diff {p.get('max_abs_diff')})")
+    # decoded: the QAT model (float layers + trained ranges); a refused container is the entry's error
+    row["deep_qat"], decoded = _container(result, work / f"{family}_deep_qat.ecz", ds.x_test, ds.y_test)
+    for fmt in ("tflite", "onnx") if decoded is not None else ():
+        _export(row, log, decoded, fmt, "int8", work / f"{family}_qat_int8.{fmt}", ds, route="qat")
